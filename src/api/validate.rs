@@ -1,0 +1,445 @@
+//! Defaults and validation: turns a `GenerationRequest` into a `GenerationPlan`
+//! the pipeline can run without further checks. Defaults and ranges are the seed's
+//! (EnhancedRequestTransformer, enhanced_sdxl_worker `_validate_enhanced_request`);
+//! every failure names its JSON field path.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::request::GenerationRequest;
+use crate::error::{Error, FieldError, Result};
+use crate::schedulers::{SchedulerKind, SchedulerOverrides};
+
+/// The seed's validation ranges; an engine may override them (tiny test models
+/// are useful at sizes below SDXL's 256 minimum).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub min_size: u32,
+    pub max_size: u32,
+    pub size_multiple: u32,
+    pub min_steps: u32,
+    pub max_steps: u32,
+    pub min_guidance: f64,
+    pub max_guidance: f64,
+    pub max_batch: u32,
+    pub max_lora_weight: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            min_size: 256,
+            max_size: 2048,
+            size_multiple: 8,
+            min_steps: 1,
+            max_steps: 150,
+            min_guidance: 1.0,
+            max_guidance: 30.0,
+            max_batch: 9,
+            max_lora_weight: 2.0,
+        }
+    }
+}
+
+pub const DEFAULT_STEPS: u32 = 25;
+pub const DEFAULT_GUIDANCE: f64 = 7.5;
+pub const DEFAULT_STRENGTH: f64 = 0.8;
+pub const DEFAULT_SIZE: u32 = 1024;
+pub const DEFAULT_QUALITY: u8 = 95;
+pub const DEFAULT_SAVE_PATH: &str = "outputs/";
+pub const DEFAULT_TIMEOUT_S: f64 = 300.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl ImageFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Webp => "webp",
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Webp => "webp",
+        }
+    }
+    fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "png" => Some(ImageFormat::Png),
+            "jpeg" | "jpg" => Some(ImageFormat::Jpeg),
+            "webp" => Some(ImageFormat::Webp),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptTruncation {
+    /// 75-token windows concatenated, `(word:1.2)` emphasis honoured.
+    Chunked,
+    /// Exactly diffusers: one 77-token window, longer prompts truncated, no emphasis syntax.
+    Diffusers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RngKind {
+    /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`.
+    TorchCpu,
+}
+
+/// SDXL's micro-conditioning `(original_size, crops_coords_top_left, target_size)`, (height, width) order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MicroConditioning {
+    pub original_size: [u32; 2],
+    pub crops_coords_top_left: [u32; 2],
+    pub target_size: [u32; 2],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraRequest {
+    pub name: String,
+    pub weight: f64,
+}
+
+/// A validated request with every default filled in.
+#[derive(Debug, Clone)]
+pub struct GenerationPlan {
+    pub request_id: String,
+    pub prompt: String,
+    /// None or empty: zeros when the model says `force_zeros_for_empty_prompt`.
+    pub negative_prompt: Option<String>,
+    pub base_model: String,
+    pub refiner_model: Option<String>,
+    pub vae_model: Option<String>,
+    pub steps: u32,
+    pub guidance_scale: f64,
+    /// The first image's seed; image i uses `seed + i`.
+    pub seed: u64,
+    pub strength: f64,
+    pub width: u32,
+    pub height: u32,
+    pub scheduler: SchedulerKind,
+    pub scheduler_overrides: SchedulerOverrides,
+    pub loras: Vec<LoraRequest>,
+    pub format: ImageFormat,
+    pub quality: u8,
+    /// Relative to the engine's output_dir; proven not to escape it.
+    pub save_dir: PathBuf,
+    pub batch_size: u32,
+    pub init_image: Option<String>,
+    pub micro_conditioning: MicroConditioning,
+    pub rng: RngKind,
+    pub prompt_truncation: PromptTruncation,
+    pub timeout_s: f64,
+    pub warnings: Vec<String>,
+}
+
+/// Parses the (normalised) `data` object, reporting type errors with their field path.
+pub fn parse_request(data: serde_json::Value) -> Result<GenerationRequest> {
+    serde_path_to_error::deserialize(data).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.inner().to_string();
+        let field = if path == "." { unknown_field_path(&message) } else { path };
+        Error::Validation(vec![FieldError::new(field, message)])
+    })
+}
+
+fn unknown_field_path(message: &str) -> String {
+    // serde reports an unknown top-level field with an empty path; name the field itself.
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| "data".into())
+}
+
+pub fn plan_request(
+    request: &GenerationRequest,
+    request_id: String,
+    limits: &Limits,
+    random_seed: impl FnOnce() -> u64,
+) -> Result<GenerationPlan> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+
+    let prompt = request.prompt.clone().unwrap_or_default();
+    if prompt.trim().is_empty() {
+        errors.push(FieldError::new("prompt", "Prompt is required and cannot be empty"));
+    }
+
+    let models = request.models.clone().unwrap_or_default();
+    let base_model = models.base.clone().or_else(|| request.model_name.clone()).unwrap_or_default();
+    if base_model.trim().is_empty() {
+        errors.push(FieldError::new("models.base", "Base model is required"));
+    }
+    if let Some(refiner) = models.refiner.as_deref().filter(|r| !r.trim().is_empty()) {
+        errors.push(FieldError::new(
+            "models.refiner",
+            format!("the refiner ({refiner}) is not supported yet by this build"),
+        ));
+    }
+
+    let dimensions = request.dimensions.clone().unwrap_or_default();
+    let width = check_dimension("dimensions.width", dimensions.width, limits, &mut errors);
+    let height = check_dimension("dimensions.height", dimensions.height, limits, &mut errors);
+
+    let hyper = request.hyperparameters.clone().unwrap_or_default();
+    let steps = hyper.num_inference_steps.unwrap_or(DEFAULT_STEPS as i64);
+    if steps < limits.min_steps as i64 || steps > limits.max_steps as i64 {
+        errors.push(FieldError::new(
+            "hyperparameters.num_inference_steps",
+            format!("Invalid steps: {steps}. Must be {}-{}", limits.min_steps, limits.max_steps),
+        ));
+    }
+    let guidance_scale = hyper.guidance_scale.unwrap_or(DEFAULT_GUIDANCE);
+    if !(guidance_scale >= limits.min_guidance && guidance_scale <= limits.max_guidance) {
+        errors.push(FieldError::new(
+            "hyperparameters.guidance_scale",
+            format!(
+                "Invalid guidance scale: {guidance_scale}. Must be {:.1}-{:.1}",
+                limits.min_guidance, limits.max_guidance
+            ),
+        ));
+    }
+    let strength = hyper.strength.unwrap_or(DEFAULT_STRENGTH);
+    if !(strength > 0.0 && strength <= 1.0) {
+        errors.push(FieldError::new(
+            "hyperparameters.strength",
+            format!("Invalid strength: {strength}. Must be in (0, 1]"),
+        ));
+    } else if request.init_image.is_some() && ((steps as f64 * strength) as i64) < 1 {
+        errors.push(FieldError::new(
+            "hyperparameters.strength",
+            format!("strength {strength} with {steps} steps leaves no denoising step (steps × strength must be ≥ 1)"),
+        ));
+    }
+    let seed = match hyper.seed.unwrap_or(-1) {
+        -1 => random_seed(),
+        seed if seed >= 0 => seed as u64,
+        seed => {
+            errors.push(FieldError::new(
+                "hyperparameters.seed",
+                format!("Invalid seed: {seed}. Must be -1 (random) or a non-negative integer"),
+            ));
+            0
+        }
+    };
+
+    let scheduler_name = request.scheduler.clone().unwrap_or_else(|| "DPMSolverMultistepScheduler".into());
+    let scheduler = match SchedulerKind::from_name(&scheduler_name) {
+        Ok(kind) => kind,
+        Err(message) => {
+            errors.push(FieldError::new("scheduler", message));
+            SchedulerKind::default()
+        }
+    };
+    let scheduler_overrides = match &request.scheduler_options {
+        None => SchedulerOverrides::default(),
+        Some(options) => SchedulerOverrides::from_request(options, &mut errors),
+    };
+
+    let mut loras = Vec::new();
+    if let Some(lora) = &request.lora {
+        let models = lora.models.clone().unwrap_or_default();
+        for (index, model) in models.iter().enumerate() {
+            let name = model.name.clone().unwrap_or_default();
+            if name.trim().is_empty() {
+                errors.push(FieldError::new(format!("lora.models[{index}].name"), "LoRA ModelPath cannot be empty"));
+            }
+            let weight = model.weight.unwrap_or(1.0);
+            if !(weight >= -limits.max_lora_weight && weight <= limits.max_lora_weight) {
+                errors.push(FieldError::new(
+                    format!("lora.models[{index}].weight"),
+                    format!("LoRA weight {weight} must be between -2.0 and 2.0"),
+                ));
+            }
+            loras.push(LoraRequest { name, weight });
+        }
+        if lora.enabled.unwrap_or(!models.is_empty()) && !models.is_empty() {
+            errors.push(FieldError::new("lora", "LoRA adapters are not supported yet by this build"));
+        }
+    }
+    if let Some(controlnet) = &request.controlnet {
+        if controlnet.get("enabled").and_then(|v| v.as_bool()).unwrap_or(false) {
+            errors.push(FieldError::new("controlnet", "ControlNet is not supported yet by this build"));
+        }
+    }
+
+    let output = request.output.clone().unwrap_or_default();
+    let format_name = output.format.clone().unwrap_or_else(|| "png".into());
+    let format = ImageFormat::parse(&format_name).unwrap_or_else(|| {
+        errors.push(FieldError::new(
+            "output.format",
+            format!("unknown output format '{format_name}' (expected png, jpeg or webp)"),
+        ));
+        ImageFormat::Png
+    });
+    let quality = output.quality.unwrap_or(DEFAULT_QUALITY as i64);
+    if !(1..=100).contains(&quality) {
+        errors.push(FieldError::new("output.quality", format!("Invalid quality: {quality}. Must be 1-100")));
+    }
+    let save_path = output.save_path.clone().unwrap_or_else(|| DEFAULT_SAVE_PATH.into());
+    let save_dir = match relative_save_dir(&save_path) {
+        Ok(dir) => dir,
+        Err(message) => {
+            errors.push(FieldError::new("output.save_path", message));
+            PathBuf::new()
+        }
+    };
+    if let Some(upscale) = &output.upscale {
+        if upscale.get("enabled").and_then(|v| v.as_bool()).unwrap_or(false) {
+            errors.push(FieldError::new("output.upscale", "upscaling is not supported yet by this build"));
+        }
+    }
+
+    let batch_size = request.batch.as_ref().and_then(|b| b.size).unwrap_or(1);
+    if batch_size < 1 || batch_size > limits.max_batch as i64 {
+        errors.push(FieldError::new(
+            "batch.size",
+            format!("Invalid batch size: {batch_size}. Must be 1-{}", limits.max_batch),
+        ));
+    }
+
+    if let Some(precision) = &request.precision {
+        for (field, value) in [("precision.dtype", &precision.dtype), ("precision.vae_dtype", &precision.vae_dtype)] {
+            if let Some(value) = value {
+                if !matches!(value.as_str(), "float32" | "float16" | "bfloat16") {
+                    errors.push(FieldError::new(field, format!("unknown dtype '{value}' (expected float32, float16 or bfloat16)")));
+                }
+            }
+        }
+    }
+
+    let rng = match request.rng.as_deref().unwrap_or("torch_cpu") {
+        "torch_cpu" => RngKind::TorchCpu,
+        other => {
+            errors.push(FieldError::new("rng", format!("unknown rng '{other}' (expected torch_cpu)")));
+            RngKind::TorchCpu
+        }
+    };
+    let prompt_truncation = match request.prompt_truncation.as_deref().unwrap_or("chunked") {
+        "chunked" => PromptTruncation::Chunked,
+        "diffusers" => PromptTruncation::Diffusers,
+        other => {
+            errors.push(FieldError::new(
+                "prompt_truncation",
+                format!("unknown prompt_truncation '{other}' (expected chunked or diffusers)"),
+            ));
+            PromptTruncation::Chunked
+        }
+    };
+
+    let size = [height, width];
+    let mut micro = MicroConditioning { original_size: size, crops_coords_top_left: [0, 0], target_size: size };
+    for (field, value, slot) in [
+        ("original_size", request.original_size, &mut micro.original_size),
+        ("crops_coords_top_left", request.crops_coords_top_left, &mut micro.crops_coords_top_left),
+        ("target_size", request.target_size, &mut micro.target_size),
+    ] {
+        if let Some(value) = value {
+            if field != "crops_coords_top_left" && (value[0] == 0 || value[1] == 0) {
+                errors.push(FieldError::new(field, "sizes must be positive [height, width]"));
+            }
+            *slot = value;
+        }
+    }
+
+    let metadata = request.metadata.clone().unwrap_or_default();
+    let timeout_s = metadata.timeout.unwrap_or(DEFAULT_TIMEOUT_S);
+    if !(timeout_s > 0.0 && timeout_s.is_finite()) {
+        errors.push(FieldError::new("metadata.timeout", format!("Invalid timeout: {timeout_s}. Must be > 0 seconds")));
+    }
+    if let Some(priority) = &metadata.priority {
+        if !matches!(priority.as_str(), "low" | "normal" | "high") {
+            errors.push(FieldError::new("metadata.priority", format!("unknown priority '{priority}' (expected low, normal or high)")));
+        }
+    }
+    if let Some(init_image) = &request.init_image {
+        if init_image.trim().is_empty() {
+            errors.push(FieldError::new("init_image", "init_image must be a path or base64 data when given"));
+        }
+    }
+    if request.worker_type.as_deref().is_some_and(|w| w != "sdxl_worker" && w != "enhanced_sdxl_worker") {
+        warnings.push(format!(
+            "worker_type '{}' ignored: one pipeline serves every request",
+            request.worker_type.as_deref().unwrap_or_default()
+        ));
+    }
+
+    if !errors.is_empty() {
+        return Err(Error::Validation(errors));
+    }
+    Ok(GenerationPlan {
+        request_id,
+        prompt,
+        negative_prompt: request.negative_prompt.clone().filter(|n| !n.is_empty()),
+        base_model,
+        refiner_model: None,
+        vae_model: models.vae.filter(|v| !v.trim().is_empty()),
+        steps: steps as u32,
+        guidance_scale,
+        seed,
+        strength,
+        width,
+        height,
+        scheduler,
+        scheduler_overrides,
+        loras,
+        format,
+        quality: quality as u8,
+        save_dir,
+        batch_size: batch_size as u32,
+        init_image: request.init_image.clone(),
+        micro_conditioning: micro,
+        rng,
+        prompt_truncation,
+        timeout_s,
+        warnings,
+    })
+}
+
+fn check_dimension(field: &str, value: Option<i64>, limits: &Limits, errors: &mut Vec<FieldError>) -> u32 {
+    let value = value.unwrap_or(DEFAULT_SIZE as i64);
+    let in_range = value >= limits.min_size as i64 && value <= limits.max_size as i64;
+    if !in_range || value % limits.size_multiple as i64 != 0 {
+        let name = if field.ends_with("width") { "Width" } else { "Height" };
+        errors.push(FieldError::new(
+            field,
+            format!(
+                "{name} must be between {} and {} and divisible by {} (got {value})",
+                limits.min_size, limits.max_size, limits.size_multiple
+            ),
+        ));
+        return limits.min_size;
+    }
+    value as u32
+}
+
+/// The seed saved under a relative `save_path`; we keep every file under the engine's
+/// output_dir, so absolute paths and `..` are refused rather than resolved.
+fn relative_save_dir(save_path: &str) -> std::result::Result<PathBuf, String> {
+    let path = Path::new(save_path);
+    if path.is_absolute() || save_path.starts_with('\\') || save_path.contains(':') {
+        return Err(format!("save_path '{save_path}' must be relative to the engine's output_dir"));
+    }
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            _ => return Err(format!("save_path '{save_path}' must not leave the engine's output_dir")),
+        }
+    }
+    Ok(clean)
+}

@@ -1,0 +1,227 @@
+//! The `sdxl` command line: a thin client of the same engine the C ABI serves.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sdxl::{Engine, EngineConfig};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "sdxl", version, about = "Stable Diffusion XL, equal to diffusers, in-process")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images from a prompt.
+    Generate(GenerateArgs),
+    /// Run a raw request JSON file through exactly the path of `sdxl_generate_json`; print the response.
+    Request {
+        file: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// float32, float16 or bfloat16 (CPU always computes in float32).
+    #[arg(long, default_value = "float16")]
+    dtype: String,
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+    /// Root folder every saved image stays under (request mode).
+    #[arg(long, default_value = ".")]
+    output_dir: PathBuf,
+    /// Allow sizes below SDXL's 256 minimum (useful with tiny models).
+    #[arg(long)]
+    min_size: Option<u32>,
+    /// Reproduce torch's AVX2 CPU noise kernel instead of the scalar/AVX-512 one.
+    #[arg(long)]
+    avx2_noise: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Model name, path to a .safetensors checkpoint or diffusers folder; default: the built-in demo model.
+    #[arg(long, default_value = "builtin:tiny")]
+    model: String,
+    /// Diffusers folder whose configs describe a single-file checkpoint of non-SDXL size.
+    #[arg(long)]
+    model_config: Option<PathBuf>,
+    #[arg(long)]
+    width: Option<u32>,
+    #[arg(long)]
+    height: Option<u32>,
+    #[arg(long)]
+    steps: Option<u32>,
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// -1 picks a random seed (reported).
+    #[arg(long, default_value_t = -1)]
+    seed: i64,
+    #[arg(long)]
+    scheduler: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// img2img source image.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    #[arg(long)]
+    strength: Option<f64>,
+    /// Output file; its extension picks png, jpg or webp. Batches add _1, _2, … before it.
+    #[arg(long, default_value = "out.png")]
+    out: PathBuf,
+    #[arg(long)]
+    quality: Option<u32>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+fn engine_config(args: &EngineArgs, output_dir: &Path) -> EngineConfig {
+    let mut config = EngineConfig {
+        device: args.device.clone(),
+        dtype: args.dtype.clone(),
+        models_dir: args.models_dir.clone(),
+        output_dir: output_dir.to_path_buf(),
+        torch_cpu_kernel: if args.avx2_noise { "avx2".into() } else { "scalar".into() },
+        ..Default::default()
+    };
+    if let Some(min) = args.min_size {
+        config.limits.min_size = min;
+    }
+    config
+}
+
+fn attach_progress_bar(engine: &Engine) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} steps {elapsed_precise}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let handle = bar.clone();
+    engine.set_progress_callback(Some(Box::new(move |_, event| {
+        handle.set_length(event.total_steps as u64);
+        handle.set_position(event.step as u64);
+        handle.set_message(event.stage.name());
+        true
+    })));
+    bar
+}
+
+fn print_response(response: &str) -> ExitCode {
+    println!("{response}");
+    let success = serde_json::from_str::<Value>(response).ok().and_then(|v| v["success"].as_bool()).unwrap_or(false);
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run_generate(args: GenerateArgs) -> Result<ExitCode, String> {
+    let out_dir = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let extension = args.out.extension().and_then(|e| e.to_str()).unwrap_or("png").to_ascii_lowercase();
+    let builtin = args.model == "builtin:tiny";
+    let mut config = engine_config(&args.engine, &out_dir);
+    if builtin && args.engine.min_size.is_none() {
+        config.limits.min_size = 64;
+    }
+    let engine = Engine::new(config).map_err(|e| e.to_string())?;
+    if builtin {
+        eprintln!("sdxl: no --model given: using the built-in tiny demo model (random weights, no download)");
+    }
+    if let Some(dir) = &args.model_config {
+        let load = json!({"base": args.model, "config": dir}).to_string();
+        engine.load_model_json(&load).map_err(|e| e.to_string())?;
+    }
+    let default_size = if builtin { 256 } else { 1024 };
+    let mut hyper = json!({"seed": args.seed});
+    if let Some(steps) = args.steps {
+        hyper["num_inference_steps"] = json!(steps);
+    }
+    if let Some(guidance) = args.guidance {
+        hyper["guidance_scale"] = json!(guidance);
+    }
+    if let Some(strength) = args.strength {
+        hyper["strength"] = json!(strength);
+    }
+    let mut request = json!({
+        "prompt": args.prompt,
+        "models": {"base": args.model},
+        "hyperparameters": hyper,
+        "dimensions": {"width": args.width.unwrap_or(default_size), "height": args.height.unwrap_or(default_size)},
+        "batch": {"size": args.batch},
+        "output": {"format": extension, "save_path": "."},
+    });
+    if let Some(negative) = args.negative_prompt {
+        request["negative_prompt"] = json!(negative);
+    }
+    if let Some(scheduler) = args.scheduler {
+        request["scheduler"] = json!(scheduler);
+    }
+    if let Some(quality) = args.quality {
+        request["output"]["quality"] = json!(quality);
+    }
+    if let Some(init) = &args.init_image {
+        request["init_image"] = json!(init.display().to_string());
+    }
+    if builtin && args.steps.is_none() {
+        request["hyperparameters"]["num_inference_steps"] = json!(10);
+    }
+    let bar = attach_progress_bar(&engine);
+    let response = engine.handle_json(&request.to_string());
+    bar.finish_and_clear();
+    let parsed: Value = serde_json::from_str(&response).map_err(|e| e.to_string())?;
+    if parsed["success"].as_bool() != Some(true) {
+        return Err(format!("{}", parsed["error"].as_str().unwrap_or("generation failed")));
+    }
+    for warning in parsed["warnings"].as_array().into_iter().flatten() {
+        eprintln!("sdxl: warning: {}", warning.as_str().unwrap_or_default());
+    }
+    let images = parsed["data"]["generated_images"].as_array().cloned().unwrap_or_default();
+    for (index, image) in images.iter().enumerate() {
+        let written = PathBuf::from(image["path"].as_str().unwrap_or_default());
+        let target = if images.len() == 1 {
+            args.out.clone()
+        } else {
+            let stem = args.out.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+            out_dir.join(format!("{stem}_{index}.{extension}"))
+        };
+        std::fs::rename(&written, &target).map_err(|e| format!("cannot move {} to {}: {e}", written.display(), target.display()))?;
+        eprintln!("sdxl: wrote {} (seed {}, {}x{})", target.display(), image["seed"], image["width"], image["height"]);
+    }
+    let metrics = &parsed["data"]["processing_metrics"];
+    eprintln!("sdxl: {:.2} s total on {}", metrics["total_time"].as_f64().unwrap_or(0.0), metrics["device_name"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => run_generate(args),
+        Command::Request { file, engine } => (|| {
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let engine = Engine::new(engine_config(&engine, &engine.output_dir)).map_err(|e| e.to_string())?;
+            let bar = attach_progress_bar(&engine);
+            let response = engine.handle_json(&text);
+            bar.finish_and_clear();
+            Ok(print_response(&response))
+        })(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("sdxl: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The JSON given to `sdxl_create`.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use serde::Deserialize;
+
+use crate::api::Limits;
+use crate::error::{Error, FieldError, Result};
+use crate::rng::NormalKernel;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// "cpu", "cuda", "cuda:N" or "auto" (the first CUDA device when built with CUDA, else CPU).
+    pub device: String,
+    /// Compute dtype of UNet and text encoders: "float32", "float16", "bfloat16".
+    pub dtype: String,
+    /// VAE dtype; SDXL's VAE overflows in float16 unless it is an fp16-fix VAE.
+    pub vae_dtype: String,
+    pub models_dir: Option<PathBuf>,
+    /// Every saved image stays under this folder.
+    pub output_dir: PathBuf,
+    pub limits: Limits,
+    /// Which build of torch's CPU normal kernel the noise reproduces: "scalar"
+    /// (AVX-512, ARM and non-vectorised CPUs) or "avx2".
+    pub torch_cpu_kernel: String,
+    /// Loaded models kept resident at once (least recently used are dropped first).
+    pub max_loaded_models: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+            dtype: "float16".into(),
+            vae_dtype: "float32".into(),
+            models_dir: None,
+            output_dir: PathBuf::from("."),
+            limits: Limits::default(),
+            torch_cpu_kernel: "scalar".into(),
+            max_loaded_models: 2,
+        }
+    }
+}
+
+pub fn parse_dtype(field: &str, name: &str) -> Result<DType> {
+    match name {
+        "float32" | "fp32" | "f32" => Ok(DType::F32),
+        "float16" | "fp16" | "f16" => Ok(DType::F16),
+        "bfloat16" | "bf16" => Ok(DType::BF16),
+        other => Err(Error::Validation(vec![FieldError::new(field, format!("unknown dtype '{other}' (expected float32, float16 or bfloat16)"))])),
+    }
+}
+
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        _ => "other",
+    }
+}
+
+impl EngineConfig {
+    pub fn from_json(text: &str) -> Result<Self> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(|err| {
+            let path = err.path().to_string();
+            Error::Validation(vec![FieldError::new(if path == "." { "config".to_string() } else { path }, err.inner().to_string())])
+        })
+    }
+
+    pub fn device(&self) -> Result<Device> {
+        let spec = self.device.trim().to_ascii_lowercase();
+        match spec.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+            _ => {
+                let ordinal = match spec.strip_prefix("cuda") {
+                    Some("") => 0,
+                    Some(rest) => rest
+                        .strip_prefix(':')
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .ok_or_else(|| Error::validation("device", format!("'{}' is not cpu, auto, cuda or cuda:N", self.device)))?,
+                    None => return Err(Error::validation("device", format!("'{}' is not cpu, auto, cuda or cuda:N", self.device))),
+                };
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(Error::Device(format!("device '{}' asked for, but this build has no CUDA support", self.device)));
+                }
+                Device::new_cuda(ordinal).map_err(|e| Error::Device(format!("cannot open {}: {e}", self.device)))
+            }
+        }
+    }
+
+    pub fn noise_kernel(&self) -> Result<NormalKernel> {
+        match self.torch_cpu_kernel.as_str() {
+            "scalar" => Ok(NormalKernel::Scalar),
+            "avx2" => Ok(NormalKernel::Avx2),
+            other => Err(Error::validation("torch_cpu_kernel", format!("'{other}' is not scalar or avx2"))),
+        }
+    }
+}

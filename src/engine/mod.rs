@@ -1,0 +1,362 @@
+//! The engine behind a handle: device, model cache, request dispatch, progress and
+//! cancellation. One engine serialises its device work; it is safe to call from many threads.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::api::validate::GenerationPlan;
+use crate::api::{self, GeneratedImage, GenerationData, Message, ProcessingMetrics, Response};
+use crate::error::{Error, Result};
+use crate::loader::{self, LoadOptions, SdxlModel};
+use crate::pipeline::{self, ProgressEvent, ProgressObserver, RunContext, Stage};
+use crate::rng::NormalKernel;
+pub use config::EngineConfig;
+
+/// A host's progress callback: returns false to cancel.
+pub type ProgressCallback = Box<dyn FnMut(&str, &ProgressEvent) -> bool + Send>;
+
+struct LoadedModel {
+    model: Arc<SdxlModel>,
+    last_used: u64,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    device: Device,
+    dtype: DType,
+    vae_dtype: DType,
+    noise_kernel: NormalKernel,
+    /// Warnings every response carries (e.g. dtype downgraded on CPU).
+    engine_warnings: Vec<String>,
+    models: Mutex<HashMap<String, LoadedModel>>,
+    /// Serialises device work: one request runs at a time, others queue fairly.
+    run_lock: Mutex<()>,
+    cancel_requested: AtomicBool,
+    progress: Mutex<Option<ProgressCallback>>,
+    requests_served: AtomicU64,
+    use_counter: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    // splitmix64 of the clock: distinct seeds for back-to-back requests.
+    let mut z = (nanos as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) & 0xffff_ffff
+}
+
+fn new_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("req-{:x}-{}", nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        let device = config.device()?;
+        let mut engine_warnings = Vec::new();
+        let mut dtype = config::parse_dtype("dtype", &config.dtype)?;
+        let mut vae_dtype = config::parse_dtype("vae_dtype", &config.vae_dtype)?;
+        if device.is_cpu() && (dtype != DType::F32 || vae_dtype != DType::F32) {
+            engine_warnings.push(format!(
+                "computing in float32 on CPU (asked for {} / VAE {}): candle's CPU half-precision kernels are slower or missing",
+                config.dtype, config.vae_dtype
+            ));
+            dtype = DType::F32;
+            vae_dtype = DType::F32;
+        }
+        if config.max_loaded_models == 0 {
+            return Err(Error::validation("max_loaded_models", "must be at least 1"));
+        }
+        std::fs::create_dir_all(&config.output_dir)
+            .map_err(|e| Error::validation("output_dir", format!("cannot create {}: {e}", config.output_dir.display())))?;
+        Ok(Self {
+            noise_kernel: config.noise_kernel()?,
+            config,
+            device,
+            dtype,
+            vae_dtype,
+            engine_warnings,
+            models: Mutex::new(HashMap::new()),
+            run_lock: Mutex::new(()),
+            cancel_requested: AtomicBool::new(false),
+            progress: Mutex::new(None),
+            requests_served: AtomicU64::new(0),
+            use_counter: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    pub fn from_json(config_json: &str) -> Result<Self> {
+        Self::new(EngineConfig::from_json(config_json)?)
+    }
+
+    pub fn device_name(&self) -> String {
+        match &self.device {
+            Device::Cpu => "cpu".into(),
+            other => match other.location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                location => format!("{location:?}"),
+            },
+        }
+    }
+
+    pub fn set_progress_callback(&self, callback: Option<ProgressCallback>) {
+        *self.progress.lock() = callback;
+    }
+
+    /// Cancels the request in flight (if any); the next request runs normally.
+    pub fn cancel(&self) {
+        self.cancel_requested.store(true, Ordering::SeqCst);
+    }
+
+    /// Loads (or finds cached) the model a name resolves to.
+    fn model(&self, name: &str, config_dir: Option<&str>) -> Result<Arc<SdxlModel>> {
+        let stamp = self.use_counter.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{name}|{}", config_dir.unwrap_or(""));
+        if let Some(entry) = self.models.lock().get_mut(&key) {
+            entry.last_used = stamp;
+            return Ok(entry.model.clone());
+        }
+        let location = loader::resolve_model(name, self.config.models_dir.as_deref())?;
+        let config_path = config_dir.map(PathBuf::from);
+        if let Some(dir) = &config_path {
+            if !dir.is_dir() {
+                return Err(Error::validation("config", format!("{} is not a folder", dir.display())));
+            }
+        }
+        let options = LoadOptions { device: &self.device, dtype: self.dtype, vae_dtype: self.vae_dtype, config_dir: config_path.as_deref() };
+        tracing::info!(model = name, "loading model");
+        let model = Arc::new(loader::load_model(&location, &options)?);
+        let mut models = self.models.lock();
+        while models.len() >= self.config.max_loaded_models {
+            let oldest = models.iter().min_by_key(|(_, entry)| entry.last_used).map(|(key, _)| key.clone());
+            match oldest {
+                Some(key) => models.remove(&key),
+                None => break,
+            };
+        }
+        models.insert(key, LoadedModel { model: model.clone(), last_used: stamp });
+        Ok(model)
+    }
+
+    /// `{"base": ..., "vae": ..., "refiner": ..., "config": ...}` or `{"model_name": ...}`.
+    pub fn load_model_json(&self, model_json: &str) -> Result<String> {
+        let value: Value = serde_json::from_str(model_json).map_err(|e| Error::InvalidJson(e.to_string()))?;
+        let Value::Object(fields) = &value else {
+            return Err(Error::InvalidJson("the model description must be a JSON object".into()));
+        };
+        for key in fields.keys() {
+            if !matches!(key.as_str(), "base" | "model_name" | "refiner" | "vae" | "config") {
+                return Err(Error::validation(key.clone(), "unknown field (expected base, model_name, refiner, vae, config)"));
+            }
+        }
+        let text = |key: &str| -> Result<Option<String>> {
+            match fields.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+                Some(_) => Err(Error::validation(key, "must be a non-empty string")),
+            }
+        };
+        let name = text("base")?.or(text("model_name")?).ok_or_else(|| Error::validation("base", "Model name is required"))?;
+        if let Some(refiner) = text("refiner")? {
+            return Err(Error::validation("refiner", format!("the refiner ({refiner}) is not supported yet by this build")));
+        }
+        if let Some(vae) = text("vae")? {
+            return Err(Error::validation("vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
+        }
+        let _guard = self.run_lock.lock();
+        self.model(&name, text("config")?.as_deref())?;
+        Ok(name)
+    }
+
+    /// One JSON message in, one JSON response out (never fails: errors become responses).
+    pub fn handle_json(&self, text: &str) -> String {
+        let started = Instant::now();
+        let message = match api::parse_message(text) {
+            Ok(message) => message,
+            Err(err) => return self.failure(new_request_id(), &err, Vec::new(), started),
+        };
+        match message {
+            Message::Status { request_id } => {
+                let status = self.status();
+                Response::success(request_id.unwrap_or_else(new_request_id), status, Vec::new(), started.elapsed().as_secs_f64()).to_json()
+            }
+            Message::ModelLoad { request_id, data } => {
+                let request_id = request_id.unwrap_or_else(new_request_id);
+                match self.load_model_json(&data.to_string()) {
+                    Ok(name) => Response::success(request_id, json!({"model_loaded": name}), Vec::new(), started.elapsed().as_secs_f64()).to_json(),
+                    Err(err) => self.failure(request_id, &err, Vec::new(), started),
+                }
+            }
+            Message::DebugPanic => panic!("debug_panic message: a deliberate panic to prove the ABI guard"),
+            Message::Inference { request_id, data } => {
+                let metadata_id = data.get("metadata").and_then(|m| m.get("request_id")).and_then(|v| v.as_str()).map(str::to_string);
+                let request_id = request_id.or(metadata_id).unwrap_or_else(new_request_id);
+                let mut warnings = self.engine_warnings.clone();
+                let result = self.run_inference(&request_id, data, &mut warnings, started);
+                match result {
+                    Ok(data) => {
+                        self.requests_served.fetch_add(1, Ordering::Relaxed);
+                        Response::success(request_id, data, warnings, started.elapsed().as_secs_f64()).to_json()
+                    }
+                    Err(err) => self.failure(request_id, &err, warnings, started),
+                }
+            }
+        }
+    }
+
+    fn failure(&self, request_id: String, err: &Error, warnings: Vec<String>, started: Instant) -> String {
+        *self.last_error.lock() = Some(err.to_string());
+        Response::<Value>::failure(request_id, err, warnings, started.elapsed().as_secs_f64()).to_json()
+    }
+
+    fn run_inference(&self, request_id: &str, data: Value, warnings: &mut Vec<String>, started: Instant) -> Result<GenerationData> {
+        let data = api::normalize_legacy_fields(data);
+        let request = api::parse_request(data)?;
+        let mut plan = api::plan_request(&request, request_id.to_string(), &self.config.limits, random_seed)?;
+        plan.scheduler_overrides = plan.scheduler_overrides.clone().or(crate::schedulers::SchedulerKind::alias_overrides(request.scheduler.as_deref().unwrap_or("")));
+        warnings.append(&mut plan.warnings);
+        if let Some(precision) = &request.precision {
+            if let Some(dtype) = &precision.dtype {
+                if config::parse_dtype("precision.dtype", dtype)? != self.dtype && !self.device.is_cpu() {
+                    warnings.push(format!("precision.dtype {dtype} ignored: this engine computes in {}", config::dtype_name(self.dtype)));
+                }
+            }
+        }
+        if let Some(vae) = &plan.vae_model {
+            return Err(Error::validation("models.vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
+        }
+        let init_image = match &plan.init_image {
+            Some(source) => Some(crate::image::load_init_image(source, plan.width, plan.height, warnings)?),
+            None => None,
+        };
+        // Queue behind any request in flight; a cancel aimed at that one must not hit this one.
+        let _guard = self.run_lock.lock();
+        self.cancel_requested.store(false, Ordering::SeqCst);
+        let model = self.model(&plan.base_model, None)?;
+        if model.description.starts_with("built-in") {
+            warnings.push("used the built-in tiny demo model (random weights): images are noise-like patterns, not pictures".into());
+        }
+        self.generate_with_model(&model, &plan, init_image.as_ref(), started)
+    }
+
+    fn generate_with_model(&self, model: &SdxlModel, plan: &GenerationPlan, init_image: Option<&image::RgbImage>, started: Instant) -> Result<GenerationData> {
+        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, deadline_s: plan.timeout_s, started };
+        let mut ctx = RunContext { device: &self.device, noise_kernel: self.noise_kernel, progress: &mut observer, started };
+        let batch = pipeline::generate(model, plan, init_image, &mut ctx, None).map_err(|err| match err {
+            Error::Cancelled if started.elapsed().as_secs_f64() > plan.timeout_s => Error::Timeout(plan.timeout_s),
+            other => other,
+        })?;
+
+        let save_start = Instant::now();
+        let dir = self.config.output_dir.join(&plan.save_dir);
+        let mut generated = Vec::new();
+        for (index, (image, seed)) in batch.images.iter().zip(&batch.seeds).enumerate() {
+            ctx.progress.on_progress(&ProgressEvent {
+                stage: Stage::Save,
+                image_index: index as u32,
+                step: plan.steps,
+                total_steps: plan.steps,
+                model_calls: batch.model_calls,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            });
+            let bytes = crate::image::save::encode(image, plan.format, plan.quality)?;
+            let name = crate::image::save::file_name(&plan.request_id, index, *seed, plan.format);
+            let path = crate::image::save::write_atomically(&dir, &name, &bytes)?;
+            generated.push(GeneratedImage {
+                path: path.display().to_string(),
+                seed: *seed,
+                width: image.width(),
+                height: image.height(),
+                format: plan.format.name().to_string(),
+            });
+        }
+        let mut stage_times = batch.stage_times.clone();
+        stage_times.save = save_start.elapsed().as_secs_f64();
+        let inference_time = stage_times.text_encode + stage_times.denoise + stage_times.decode;
+        Ok(GenerationData {
+            generated_images: generated,
+            processing_metrics: ProcessingMetrics {
+                total_time: started.elapsed().as_secs_f64(),
+                inference_time,
+                device_name: self.device_name(),
+                memory_used: self.models.lock().values().map(|m| m.model.weight_bytes).sum(),
+                model_info: json!({
+                    "base_model": plan.base_model,
+                    "description": model.description,
+                    "refiner_model": null,
+                    "loaded_loras": [],
+                    "scheduler": plan.scheduler.class_name(),
+                    "dtype": config::dtype_name(model.dtype),
+                    "vae_dtype": config::dtype_name(model.vae_dtype),
+                }),
+                iterations_per_second: if stage_times.denoise > 0.0 { plan.steps as f64 / stage_times.denoise } else { 0.0 },
+                unet_calls: batch.model_calls as u64,
+                stage_times,
+            },
+        })
+    }
+
+    pub fn status(&self) -> Value {
+        let models: Vec<Value> = self
+            .models
+            .lock()
+            .iter()
+            .map(|(key, entry)| {
+                json!({
+                    "name": key.split('|').next().unwrap_or(key),
+                    "description": entry.model.description,
+                    "dtype": config::dtype_name(entry.model.dtype),
+                    "vae_dtype": config::dtype_name(entry.model.vae_dtype),
+                    "weight_bytes": entry.model.weight_bytes,
+                })
+            })
+            .collect();
+        json!({
+            "orchestrator_status": "running",
+            "version": crate::VERSION,
+            "device_name": self.device_name(),
+            "dtype": config::dtype_name(self.dtype),
+            "loaded_models": models,
+            "requests_served": self.requests_served.load(Ordering::Relaxed),
+            "last_error": *self.last_error.lock(),
+            "message_handlers": ["inference_request", "model_load_request", "status_request"],
+        })
+    }
+}
+
+/// Bridges pipeline progress to the host callback, the cancel flag and the timeout.
+struct EngineObserver<'a> {
+    engine: &'a Engine,
+    request_id: &'a str,
+    deadline_s: f64,
+    started: Instant,
+}
+
+impl ProgressObserver for EngineObserver<'_> {
+    fn on_progress(&mut self, event: &ProgressEvent) -> bool {
+        if self.engine.cancel_requested.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.started.elapsed().as_secs_f64() > self.deadline_s {
+            return false;
+        }
+        let mut callback = self.engine.progress.lock();
+        match callback.as_mut() {
+            Some(callback) => callback(self.request_id, event),
+            None => true,
+        }
+    }
+}

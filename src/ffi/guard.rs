@@ -1,0 +1,81 @@
+//! The one guard every export runs in: panics are caught and become errors, the
+//! thread's last error is recorded, and C strings are checked before use.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
+
+use crate::error::{Error, Result};
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+pub fn set_last_error(message: &str) {
+    let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|slot| *slot.borrow_mut() = text);
+}
+
+pub fn clear_last_error() {
+    LAST_ERROR.with(|slot| *slot.borrow_mut() = CString::default());
+}
+
+/// Pointer to this thread's last error text; valid until this thread's next call.
+pub fn last_error_ptr() -> *const c_char {
+    LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+}
+
+/// Panics must not print to the host's stderr: the message goes to the last error instead.
+fn install_quiet_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            let payload = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!("panic{location}: {payload}");
+        }));
+    });
+}
+
+/// Runs `body`; on error or panic records the last error and returns `on_error(code)`.
+pub fn guard<T>(on_error: impl FnOnce(&Error) -> T, body: impl FnOnce() -> Result<T>) -> T {
+    install_quiet_panic_hook();
+    clear_last_error();
+    let outcome = catch_unwind(AssertUnwindSafe(body));
+    let err = match outcome {
+        Ok(Ok(value)) => return value,
+        Ok(Err(err)) => err,
+        Err(payload) => {
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Error::Internal(format!("panic caught at the C ABI boundary: {text}"))
+        }
+    };
+    set_last_error(&err.to_string());
+    on_error(&err)
+}
+
+/// Borrows a C string argument: NULL and invalid UTF-8 are errors naming the argument.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string that outlives the call.
+pub unsafe fn borrow_str<'a>(ptr: *const c_char, argument: &str) -> Result<&'a str> {
+    if ptr.is_null() {
+        return Err(Error::InvalidArgument(format!("{argument} is NULL")));
+    }
+    CStr::from_ptr(ptr).to_str().map_err(|e| Error::InvalidArgument(format!("{argument} is not valid UTF-8: {e}")))
+}
+
+/// Hands a Rust string to C; the host frees it with `sdxl_string_free`.
+pub fn to_c_string(text: String) -> *mut c_char {
+    CString::new(text.replace('\0', "\\u0000")).map(CString::into_raw).unwrap_or(std::ptr::null_mut())
+}

@@ -1,0 +1,68 @@
+//! Pixels in and out: tensors ↔ RGB images, the init image of img2img, and writing
+//! png/jpeg/webp files atomically under the engine's output folder.
+
+pub mod save;
+
+use base64::Engine as _;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// (1, 3, H, W) in [-1, 1] → RGB, as diffusers' `postprocess` + `numpy_to_pil`:
+/// `(x / 2 + 0.5).clamp(0, 1)`, then `(v * 255).round()` (half to even) to u8.
+pub fn tensor_to_rgb(decoded: &Tensor) -> Result<image::RgbImage> {
+    let (_, channels, height, width) = decoded.dims4()?;
+    if channels != 3 {
+        return Err(Error::Internal(format!("VAE produced {channels} channels, expected 3")));
+    }
+    let chw = decoded.to_dtype(DType::F32)?.squeeze(0)?.to_vec3::<f32>()?;
+    let mut pixels = Vec::with_capacity(height * width * 3);
+    for y in 0..height {
+        for x in 0..width {
+            for channel in &chw {
+                let value = (channel[y][x] / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0;
+                pixels.push(value.round_ties_even() as u8);
+            }
+        }
+    }
+    image::RgbImage::from_raw(width as u32, height as u32, pixels)
+        .ok_or_else(|| Error::Internal("decoded image has the wrong number of pixels".into()))
+}
+
+/// RGB → (1, 3, H, W) float32 in [-1, 1] (diffusers `VaeImageProcessor.preprocess`).
+pub fn rgb_to_tensor(image: &image::RgbImage, device: &Device) -> Result<Tensor> {
+    let (width, height) = image.dimensions();
+    let (w, h) = (width as usize, height as usize);
+    let mut planar = vec![0f32; 3 * h * w];
+    for (x, y, pixel) in image.enumerate_pixels() {
+        for c in 0..3 {
+            planar[c * h * w + y as usize * w + x as usize] = pixel[c] as f32 / 255.0 * 2.0 - 1.0;
+        }
+    }
+    Ok(Tensor::from_vec(planar, (1, 3, h, w), device)?)
+}
+
+/// Reads an img2img source: a file path, or base64 (with or without a `data:` prefix).
+/// Resized (Lanczos) to the requested size when it differs.
+pub fn load_init_image(source: &str, width: u32, height: u32, warnings: &mut Vec<String>) -> Result<image::RgbImage> {
+    let bytes = if std::path::Path::new(source).is_file() {
+        std::fs::read(source).map_err(|e| Error::validation("init_image", format!("cannot read {source}: {e}")))?
+    } else {
+        let payload = source.split_once("base64,").map(|(_, data)| data).unwrap_or(source);
+        base64::engine::general_purpose::STANDARD
+            .decode(payload.trim())
+            .map_err(|_| Error::validation("init_image", "neither an existing file nor valid base64 image data"))?
+    };
+    let decoded = image::load_from_memory(&bytes)
+        .map_err(|e| Error::validation("init_image", format!("not a readable png/jpeg/webp image: {e}")))?
+        .to_rgb8();
+    if decoded.dimensions() != (width, height) {
+        warnings.push(format!(
+            "init_image is {}x{}; resized to {width}x{height}",
+            decoded.width(),
+            decoded.height()
+        ));
+        return Ok(image::imageops::resize(&decoded, width, height, image::imageops::FilterType::Lanczos3));
+    }
+    Ok(decoded)
+}

@@ -1,0 +1,314 @@
+//! Weight files → networks: diffusers folders (plain, fp16 variant, sharded), single-file
+//! SGM checkpoints, and the built-in demo model. Model names resolve as the seed's
+//! `_resolve_model_path` did, minus the hub: nothing is ever downloaded.
+
+pub mod builtin;
+pub mod safetensors_file;
+pub mod single_file;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+use crate::models::{AutoencoderKL, ClipTextConfig, ClipTextTransformer, UNet2DConditionModel, UNetConfig, VaeConfig};
+use crate::schedulers::SchedulerConfig;
+use crate::tokenizer::ClipTokenizer;
+use safetensors_file::SafetensorsFile;
+use weights::{model_load_error, WeightSet};
+
+/// Where a model name points.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelLocation {
+    Builtin,
+    DiffusersFolder(PathBuf),
+    SingleFile(PathBuf),
+}
+
+/// `name` as given; an existing path; `models_dir/<name>.safetensors`; `models_dir/<name>/`.
+pub fn resolve_model(name: &str, models_dir: Option<&Path>) -> Result<ModelLocation> {
+    if name == builtin::BUILTIN_TINY {
+        return Ok(ModelLocation::Builtin);
+    }
+    let classify = |path: PathBuf| -> Option<ModelLocation> {
+        if path.is_dir() {
+            Some(ModelLocation::DiffusersFolder(path))
+        } else if path.is_file() {
+            Some(ModelLocation::SingleFile(path))
+        } else {
+            None
+        }
+    };
+    if let Some(found) = classify(PathBuf::from(name)) {
+        return Ok(found);
+    }
+    if let Some(dir) = models_dir {
+        for candidate in [dir.join(format!("{name}.safetensors")), dir.join(name)] {
+            if let Some(found) = classify(candidate) {
+                return Ok(found);
+            }
+        }
+    }
+    Err(Error::ModelNotFound(format!(
+        "'{name}' is not a file or folder, and not {}<name>.safetensors or a diffusers folder there (models are never downloaded)",
+        models_dir.map(|d| format!("{}/", d.display())).unwrap_or_else(|| "in models_dir (none configured): ".into())
+    )))
+}
+
+/// Everything a txt2img/img2img run needs, loaded once and reused across requests.
+pub struct SdxlModel {
+    pub unet: UNet2DConditionModel,
+    pub text_encoder: ClipTextTransformer,
+    pub text_encoder_2: ClipTextTransformer,
+    pub vae: AutoencoderKL,
+    pub tokenizer: ClipTokenizer,
+    pub tokenizer_2: ClipTokenizer,
+    pub scheduler_config: SchedulerConfig,
+    /// diffusers' pipeline option: an empty negative prompt becomes zero embeddings.
+    pub force_zeros_for_empty_prompt: bool,
+    pub dtype: DType,
+    pub vae_dtype: DType,
+    pub description: String,
+    pub weight_bytes: u64,
+}
+
+pub struct LoadOptions<'a> {
+    pub device: &'a Device,
+    pub dtype: DType,
+    pub vae_dtype: DType,
+    /// A diffusers folder whose `*/config.json` describe a single-file checkpoint
+    /// (as diffusers' `from_single_file(config=...)`), for non-standard sizes.
+    pub config_dir: Option<&'a Path>,
+}
+
+pub fn load_model(location: &ModelLocation, options: &LoadOptions) -> Result<SdxlModel> {
+    match location {
+        ModelLocation::Builtin => load_builtin(options),
+        ModelLocation::DiffusersFolder(dir) => load_diffusers_folder(dir, options),
+        ModelLocation::SingleFile(path) => load_single_file(path, options),
+    }
+}
+
+struct Configs {
+    unet: UNetConfig,
+    text_encoder: ClipTextConfig,
+    text_encoder_2: ClipTextConfig,
+    vae: VaeConfig,
+    scheduler: SchedulerConfig,
+    force_zeros: bool,
+}
+
+fn read_configs(dir: &Path) -> Result<Configs> {
+    let read = |component: &str, file: &str| -> Result<String> {
+        let path = dir.join(component).join(file);
+        std::fs::read_to_string(&path).map_err(|e| Error::ModelLoad(format!("{}: {e}", path.display())))
+    };
+    let force_zeros = match std::fs::read_to_string(dir.join("model_index.json")) {
+        Ok(text) => {
+            let index: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::ModelLoad(format!("model_index.json: {e}")))?;
+            if let Some(class) = index["_class_name"].as_str() {
+                if !class.contains("XL") {
+                    return Err(Error::ModelLoad(format!("{} holds a {class}, not an SDXL pipeline", dir.display())));
+                }
+            }
+            index["force_zeros_for_empty_prompt"].as_bool().unwrap_or(true)
+        }
+        Err(_) => true,
+    };
+    let scheduler = match read("scheduler", "scheduler_config.json") {
+        Ok(text) => SchedulerConfig::from_json(&text)?,
+        Err(_) => SchedulerConfig::default(),
+    };
+    Ok(Configs {
+        unet: UNetConfig::from_json(&read("unet", "config.json")?)?,
+        text_encoder: ClipTextConfig::from_json(&read("text_encoder", "config.json")?, "text_encoder")?,
+        text_encoder_2: ClipTextConfig::from_json(&read("text_encoder_2", "config.json")?, "text_encoder_2")?,
+        vae: VaeConfig::from_json(&read("vae", "config.json")?)?,
+        scheduler,
+        force_zeros,
+    })
+}
+
+/// The safetensors files of one diffusers component: sharded index, fp16 variant or plain.
+fn component_files(dir: &Path, component: &str, stem: &str) -> Result<Vec<Arc<SafetensorsFile>>> {
+    let folder = dir.join(component);
+    if !folder.is_dir() {
+        return Err(Error::ModelLoad(format!("{} has no {component}/ folder", dir.display())));
+    }
+    for index_name in [format!("{stem}.safetensors.index.json"), format!("{stem}.safetensors.index.fp16.json"), format!("{stem}.fp16.safetensors.index.json")] {
+        let index_path = folder.join(&index_name);
+        if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path)?;
+            let index: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::ModelLoad(format!("{}: {e}", index_path.display())))?;
+            let mut shards: Vec<String> = index["weight_map"]
+                .as_object()
+                .ok_or_else(|| Error::ModelLoad(format!("{}: no weight_map", index_path.display())))?
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            return shards.iter().map(|shard| Ok(Arc::new(SafetensorsFile::open(&folder.join(shard))?))).collect();
+        }
+    }
+    for file in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
+        let path = folder.join(&file);
+        if path.exists() {
+            return Ok(vec![Arc::new(SafetensorsFile::open(&path)?)]);
+        }
+    }
+    Err(Error::ModelLoad(format!("{} has no {stem}.safetensors (or .fp16 / sharded variant)", folder.display())))
+}
+
+fn total_bytes(files: &[Arc<SafetensorsFile>]) -> u64 {
+    files.iter().map(|f| f.data_len() as u64).sum()
+}
+
+fn build_networks(
+    configs: &Configs,
+    vbs: [VarBuilder; 4],
+    options: &LoadOptions,
+) -> Result<(UNet2DConditionModel, ClipTextTransformer, ClipTextTransformer, AutoencoderKL)> {
+    let [unet_vb, te_vb, te2_vb, vae_vb] = vbs;
+    let unet = UNet2DConditionModel::new(unet_vb, &configs.unet).map_err(|e| model_load_error(e, "unet"))?;
+    let te = ClipTextTransformer::new(te_vb, &configs.text_encoder, false).map_err(|e| model_load_error(e, "text_encoder"))?;
+    let te2 = ClipTextTransformer::new(te2_vb, &configs.text_encoder_2, true).map_err(|e| model_load_error(e, "text_encoder_2"))?;
+    let vae = AutoencoderKL::new(vae_vb, &configs.vae).map_err(|e| model_load_error(e, "vae"))?;
+    check_conditioning_dims(configs)?;
+    let _ = options;
+    Ok((unet, te, te2, vae))
+}
+
+/// The UNet's cross-attention and add_embedding widths must match the encoders'.
+fn check_conditioning_dims(configs: &Configs) -> Result<()> {
+    let context = configs.text_encoder.hidden_size + configs.text_encoder_2.hidden_size;
+    if configs.unet.cross_attention_dim != context {
+        return Err(Error::ModelLoad(format!(
+            "UNet cross_attention_dim {} ≠ text encoders' {} + {}",
+            configs.unet.cross_attention_dim, configs.text_encoder.hidden_size, configs.text_encoder_2.hidden_size
+        )));
+    }
+    let text_time = configs.text_encoder_2.projection_dim + 6 * configs.unet.addition_time_embed_dim();
+    if configs.unet.projection_class_embeddings_input_dim != Some(text_time) {
+        return Err(Error::ModelLoad(format!(
+            "UNet projection_class_embeddings_input_dim {:?} ≠ pooled {} + 6 × {}",
+            configs.unet.projection_class_embeddings_input_dim,
+            configs.text_encoder_2.projection_dim,
+            configs.unet.addition_time_embed_dim()
+        )));
+    }
+    Ok(())
+}
+
+fn assemble(
+    configs: Configs,
+    networks: (UNet2DConditionModel, ClipTextTransformer, ClipTextTransformer, AutoencoderKL),
+    tokenizers: (ClipTokenizer, ClipTokenizer),
+    options: &LoadOptions,
+    description: String,
+    weight_bytes: u64,
+) -> SdxlModel {
+    let (unet, text_encoder, text_encoder_2, vae) = networks;
+    SdxlModel {
+        unet,
+        text_encoder,
+        text_encoder_2,
+        vae,
+        tokenizer: tokenizers.0,
+        tokenizer_2: tokenizers.1,
+        scheduler_config: configs.scheduler,
+        force_zeros_for_empty_prompt: configs.force_zeros,
+        dtype: options.dtype,
+        vae_dtype: options.vae_dtype,
+        description,
+        weight_bytes,
+    }
+}
+
+fn embedded_tokenizers() -> Result<(ClipTokenizer, ClipTokenizer)> {
+    Ok((ClipTokenizer::embedded("<|endoftext|>")?, ClipTokenizer::embedded("!")?))
+}
+
+pub fn load_diffusers_folder(dir: &Path, options: &LoadOptions) -> Result<SdxlModel> {
+    let configs = read_configs(dir)?;
+    let unet_files = component_files(dir, "unet", "diffusion_pytorch_model")?;
+    let te_files = component_files(dir, "text_encoder", "model")?;
+    let te2_files = component_files(dir, "text_encoder_2", "model")?;
+    let vae_files = component_files(dir, "vae", "diffusion_pytorch_model")?;
+    let bytes = total_bytes(&unet_files) + total_bytes(&te_files) + total_bytes(&te2_files) + total_bytes(&vae_files);
+    let (dtype, vae_dtype, device) = (options.dtype, options.vae_dtype, options.device);
+    let vbs = [
+        Arc::new(WeightSet::with_prefix(unet_files, "", "unet")).into_var_builder(dtype, device),
+        Arc::new(WeightSet::with_prefix(te_files, "", "text_encoder")).into_var_builder(dtype, device),
+        Arc::new(WeightSet::with_prefix(te2_files, "", "text_encoder_2")).into_var_builder(dtype, device),
+        Arc::new(WeightSet::with_prefix(vae_files, "", "vae")).into_var_builder(vae_dtype, device),
+    ];
+    let networks = build_networks(&configs, vbs, options)?;
+    let tokenizers = match (dir.join("tokenizer").is_dir(), dir.join("tokenizer_2").is_dir()) {
+        (true, true) => (
+            ClipTokenizer::from_folder(&dir.join("tokenizer"), "<|endoftext|>")?,
+            ClipTokenizer::from_folder(&dir.join("tokenizer_2"), "!")?,
+        ),
+        _ => embedded_tokenizers()?,
+    };
+    Ok(assemble(configs, networks, tokenizers, options, format!("diffusers folder {}", dir.display()), bytes))
+}
+
+pub fn load_single_file(path: &Path, options: &LoadOptions) -> Result<SdxlModel> {
+    let file = Arc::new(SafetensorsFile::open(path)?);
+    single_file::require_sdxl_base(file.names(), &path.display().to_string())?;
+    let configs = match options.config_dir {
+        Some(dir) => read_configs(dir)?,
+        None => Configs {
+            unet: UNetConfig::sdxl_base(),
+            text_encoder: ClipTextConfig::vit_l(),
+            text_encoder_2: ClipTextConfig::big_g(),
+            vae: VaeConfig::sdxl(),
+            scheduler: SchedulerConfig::default(),
+            force_zeros: true,
+        },
+    };
+    let layout = single_file::UNetLayout {
+        layers_per_block: configs.unet.layers_per_block,
+        down_has_attention: configs.unet.down_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect(),
+        up_has_attention: configs.unet.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect(),
+    };
+    let files = vec![file.clone()];
+    let (dtype, vae_dtype, device) = (options.dtype, options.vae_dtype, options.device);
+    let vbs = [
+        Arc::new(WeightSet::new(files.clone(), single_file::unet_map(layout), "unet")).into_var_builder(dtype, device),
+        Arc::new(WeightSet::new(files.clone(), single_file::text_encoder_map(), "text_encoder")).into_var_builder(dtype, device),
+        Arc::new(WeightSet::new(files.clone(), single_file::text_encoder_2_map(), "text_encoder_2")).into_var_builder(dtype, device),
+        Arc::new(WeightSet::new(files, single_file::vae_map(configs.vae.block_out_channels.len()), "vae")).into_var_builder(vae_dtype, device),
+    ];
+    let networks = build_networks(&configs, vbs, options)?;
+    let tokenizers = match options.config_dir {
+        Some(dir) if dir.join("tokenizer").is_dir() && dir.join("tokenizer_2").is_dir() => (
+            ClipTokenizer::from_folder(&dir.join("tokenizer"), "<|endoftext|>")?,
+            ClipTokenizer::from_folder(&dir.join("tokenizer_2"), "!")?,
+        ),
+        _ => embedded_tokenizers()?,
+    };
+    let bytes = file.data_len() as u64;
+    Ok(assemble(configs, networks, tokenizers, options, format!("single-file checkpoint {}", path.display()), bytes))
+}
+
+pub fn load_builtin(options: &LoadOptions) -> Result<SdxlModel> {
+    let configs = Configs {
+        unet: UNetConfig::tiny(),
+        text_encoder: ClipTextConfig::tiny_first(),
+        text_encoder_2: ClipTextConfig::tiny_second(),
+        vae: VaeConfig::tiny(),
+        scheduler: SchedulerConfig::default(),
+        force_zeros: true,
+    };
+    let vb = |dtype| builtin::builtin_var_builder(dtype, options.device);
+    let vbs = [vb(options.dtype).pp("unet"), vb(options.dtype).pp("text_encoder"), vb(options.dtype).pp("text_encoder_2"), vb(options.vae_dtype).pp("vae")];
+    let networks = build_networks(&configs, vbs, options)?;
+    Ok(assemble(configs, networks, embedded_tokenizers()?, options, "built-in tiny demo model (random weights)".into(), 0))
+}

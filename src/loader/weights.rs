@@ -1,0 +1,156 @@
+//! A set of weight files seen through a name map, handed to the model builders as a
+//! candle `VarBuilder`. The builders ask for diffusers names; the map says where each
+//! lives (which file, which key, whether it is a slice of a fused tensor or needs a reshape).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use parking_lot::Mutex;
+
+use super::safetensors_file::SafetensorsFile;
+use crate::error::{Error, Result};
+
+/// How a requested (diffusers-named) tensor is produced from stored tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A stored tensor, reshaped to the requested shape when the element count matches
+    /// (the LDM VAE stores attention projections as 1×1 convolutions).
+    Key(String),
+    /// Rows `part·n .. (part+1)·n` of a fused tensor (OpenCLIP `in_proj_weight` holds q, k, v).
+    Chunk { key: String, part: usize, parts: usize },
+    /// The transpose of a stored 2-D tensor (OpenCLIP `text_projection`).
+    Transposed(String),
+}
+
+pub type KeyMap = Arc<dyn Fn(&str) -> Option<Source> + Send + Sync>;
+
+/// Files of one model component plus the name map; records every stored key used so
+/// loaders can report what a checkpoint contains that no layer consumed.
+pub struct WeightSet {
+    files: Vec<Arc<SafetensorsFile>>,
+    index: HashMap<String, usize>,
+    map: KeyMap,
+    used: Mutex<std::collections::HashSet<String>>,
+    label: String,
+}
+
+impl WeightSet {
+    pub fn new(files: Vec<Arc<SafetensorsFile>>, map: KeyMap, label: impl Into<String>) -> Self {
+        let mut index = HashMap::new();
+        for (i, file) in files.iter().enumerate() {
+            for name in file.names() {
+                index.insert(name.clone(), i);
+            }
+        }
+        Self { files, index, map, used: Mutex::new(Default::default()), label: label.into() }
+    }
+
+    /// Identity map: the files already use diffusers names under `prefix`.
+    pub fn with_prefix(files: Vec<Arc<SafetensorsFile>>, prefix: &str, label: impl Into<String>) -> Self {
+        let prefix = prefix.to_string();
+        Self::new(files, Arc::new(move |name: &str| Some(Source::Key(format!("{prefix}{name}")))), label)
+    }
+
+    fn stored(&self, key: &str, device: &Device) -> Result<Tensor> {
+        let file = self
+            .index
+            .get(key)
+            .ok_or_else(|| Error::ModelLoad(format!("{}: missing weight {key}", self.label)))?;
+        self.used.lock().insert(key.to_string());
+        self.files[*file].load(key, device)
+    }
+
+    fn stored_shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.index.get(key).and_then(|&file| self.files[file].shape(key).map(|s| s.to_vec()))
+    }
+
+    pub fn contains_stored(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    pub fn get(&self, name: &str, shape: &Shape, dtype: DType, device: &Device) -> Result<Tensor> {
+        let source = (self.map)(name).ok_or_else(|| Error::ModelLoad(format!("{}: no mapping for weight {name}", self.label)))?;
+        let tensor = match &source {
+            Source::Key(key) => {
+                let tensor = self.stored(key, device)?;
+                if tensor.dims() != shape.dims() && tensor.elem_count() == shape.elem_count() && tensor.rank() == 4 {
+                    tensor.reshape(shape)?
+                } else {
+                    tensor
+                }
+            }
+            Source::Chunk { key, part, parts } => {
+                let tensor = self.stored(key, device)?;
+                let rows = tensor.dim(0)? / parts;
+                tensor.narrow(0, part * rows, rows)?
+            }
+            Source::Transposed(key) => self.stored(key, device)?.t()?.contiguous()?,
+        };
+        if tensor.dims() != shape.dims() {
+            return Err(Error::ModelLoad(format!(
+                "{}: weight {name} has shape {:?}, the model expects {:?} (is this checkpoint the architecture its config says?)",
+                self.label,
+                tensor.dims(),
+                shape.dims()
+            )));
+        }
+        Ok(tensor.to_dtype(dtype)?)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match (self.map)(name) {
+            Some(Source::Key(key)) | Some(Source::Transposed(key)) | Some(Source::Chunk { key, .. }) => self.contains_stored(&key),
+            None => false,
+        }
+    }
+
+    /// Shape of the stored tensor a diffusers name maps to (for config inference).
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        match (self.map)(name)? {
+            Source::Key(key) | Source::Transposed(key) | Source::Chunk { key, .. } => self.stored_shape(&key),
+        }
+    }
+
+    pub fn used_keys(&self) -> std::collections::HashSet<String> {
+        self.used.lock().clone()
+    }
+
+    pub fn stored_keys(&self) -> impl Iterator<Item = &String> {
+        self.index.keys()
+    }
+
+    pub fn into_var_builder(self: Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(WeightBackend(self)), dtype, device.clone())
+    }
+}
+
+struct WeightBackend(Arc<WeightSet>);
+
+impl SimpleBackend for WeightBackend {
+    fn get(&self, shape: Shape, name: &str, _hint: candle_nn::Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        self.0.get(name, &shape, dtype, device).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let source = (self.0.map)(name).ok_or_else(|| candle_core::Error::Msg(format!("no mapping for {name}")))?;
+        let key = match source {
+            Source::Key(key) | Source::Transposed(key) | Source::Chunk { key, .. } => key,
+        };
+        self.0.stored(&key, device).and_then(|t| Ok(t.to_dtype(dtype)?)).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+/// candle wraps backend errors in its own; recover ours so the host sees MODEL_LOAD_ERROR.
+pub fn model_load_error(err: Error, component: &str) -> Error {
+    match err {
+        Error::Device(text) => Error::ModelLoad(format!("{component}: {text}")),
+        other => other,
+    }
+}

@@ -1,0 +1,35 @@
+//! Multi-head scaled dot-product attention shared by CLIP, the UNet transformers and
+//! the VAE's mid-block attention, computed in float32 like torch's SDPA math path.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Result;
+
+/// `softmax(q kᵀ / sqrt(d) + mask) v` for (batch, tokens, heads × head_dim) inputs.
+pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (batch, q_len, inner) = q.dims3()?;
+    let kv_len = k.dim(1)?;
+    let head_dim = inner / heads;
+    let in_dtype = q.dtype();
+    let split = |x: &Tensor, len: usize| -> Result<Tensor> {
+        Ok(x.reshape((batch, len, heads, head_dim))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)?)
+    };
+    let q = split(q, q_len)?;
+    let k = split(k, kv_len)?;
+    let v = split(v, kv_len)?;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(&v)?.to_dtype(in_dtype)?;
+    Ok(out.transpose(1, 2)?.reshape((batch, q_len, inner))?)
+}
+
+/// The additive causal mask CLIP's text transformer uses (−inf above the diagonal).
+pub fn causal_mask(len: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let values: Vec<f32> =
+        (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Ok(Tensor::from_vec(values, (len, len), device)?)
+}

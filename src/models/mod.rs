@@ -1,0 +1,14 @@
+//! The networks of SDXL, one per file, named after diffusers' modules so weights map one-to-one.
+
+pub mod attention;
+pub mod autoencoder_kl;
+pub mod clip_text;
+pub mod embeddings;
+pub mod resnet;
+pub mod transformer_2d;
+pub mod unet_2d_condition;
+pub mod unet_blocks;
+
+pub use autoencoder_kl::{AutoencoderKL, VaeConfig};
+pub use clip_text::{ClipTextConfig, ClipTextTransformer};
+pub use unet_2d_condition::{UNet2DConditionModel, UNetConditioning, UNetConfig};

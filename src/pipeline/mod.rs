@@ -1,0 +1,9 @@
+//! The generation pipeline: text conditioning, noise, the denoising loop, decoding.
+
+pub mod generate;
+pub mod noise;
+pub mod progress;
+pub mod text_conditioning;
+
+pub use generate::{generate, GeneratedBatch, Intermediates, RunContext};
+pub use progress::{NoProgress, ProgressEvent, ProgressObserver, Stage};

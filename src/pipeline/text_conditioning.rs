@@ -1,0 +1,97 @@
+//! Prompts → what the UNet is conditioned on (diffusers `StableDiffusionXLPipeline.encode_prompt`):
+//! both encoders' penultimate hidden states concatenated on the channel axis, and the
+//! second encoder's pooled embedding. Long prompts become several 77-token windows
+//! concatenated on the token axis; emphasis weights scale token states, mean-preserving.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::api::validate::PromptTruncation;
+use crate::error::Result;
+use crate::loader::SdxlModel;
+use crate::tokenizer::TokenWindow;
+
+pub struct PromptEmbeddings {
+    /// (1, 77 × windows, hidden_1 + hidden_2)
+    pub hidden_states: Tensor,
+    /// (1, projection_dim)
+    pub pooled: Tensor,
+}
+
+/// Encodes one prompt into `windows` windows (at least as many as the prompt needs;
+/// the rest are empty-prompt windows, so positive and negative line up for CFG).
+pub fn encode_prompt(model: &SdxlModel, prompt: &str, truncation: PromptTruncation, min_windows: usize, device: &Device) -> Result<PromptEmbeddings> {
+    let mut windows_1 = model.tokenizer.windows(prompt, truncation)?;
+    let mut windows_2 = model.tokenizer_2.windows(prompt, truncation)?;
+    while windows_1.len() < min_windows {
+        windows_1.extend(model.tokenizer.windows("", truncation)?);
+        windows_2.extend(model.tokenizer_2.windows("", truncation)?);
+    }
+    let mut states = Vec::new();
+    let mut pooled = None;
+    for (window_1, window_2) in windows_1.iter().zip(&windows_2) {
+        let ids_1 = Tensor::new(window_1.ids.as_slice(), device)?.unsqueeze(0)?;
+        let ids_2 = Tensor::new(window_2.ids.as_slice(), device)?.unsqueeze(0)?;
+        let out_1 = model.text_encoder.forward(&ids_1)?;
+        let out_2 = model.text_encoder_2.forward(&ids_2)?;
+        let joined = Tensor::cat(&[&out_1.penultimate_hidden_states, &out_2.penultimate_hidden_states], 2)?;
+        states.push(apply_emphasis(&joined, window_1)?);
+        if pooled.is_none() {
+            // As A1111 and sd.cpp: the pooled embedding comes from the first window.
+            pooled = out_2.pooled;
+        }
+    }
+    let pooled = pooled.ok_or_else(|| crate::error::Error::Internal("second text encoder gave no pooled output".into()))?;
+    Ok(PromptEmbeddings { hidden_states: Tensor::cat(&states, 1)?, pooled })
+}
+
+/// Number of 77-token windows a prompt needs.
+pub fn window_count(model: &SdxlModel, prompt: &str, truncation: PromptTruncation) -> Result<usize> {
+    Ok(model.tokenizer.windows(prompt, truncation)?.len())
+}
+
+/// A1111's emphasis: scale each token's state by its weight, then restore the mean.
+fn apply_emphasis(states: &Tensor, window: &TokenWindow) -> Result<Tensor> {
+    if window.weights.iter().all(|&w| w == 1.0) {
+        return Ok(states.clone());
+    }
+    let original_mean = states.to_dtype(DType::F32)?.mean_all()?.to_scalar::<f32>()?;
+    let weights = Tensor::new(window.weights.as_slice(), states.device())?.to_dtype(states.dtype())?.reshape((1, window.weights.len(), 1))?;
+    let weighted = states.broadcast_mul(&weights)?;
+    let new_mean = weighted.to_dtype(DType::F32)?.mean_all()?.to_scalar::<f32>()?;
+    if new_mean == 0.0 {
+        return Ok(weighted);
+    }
+    Ok((weighted * (original_mean / new_mean) as f64)?)
+}
+
+/// Positive and negative conditioning for one request (batch of 1; the caller repeats).
+pub struct Conditioning {
+    pub positive: PromptEmbeddings,
+    /// None without classifier-free guidance.
+    pub negative: Option<PromptEmbeddings>,
+}
+
+pub fn encode_conditioning(
+    model: &SdxlModel,
+    prompt: &str,
+    negative_prompt: Option<&str>,
+    guidance: bool,
+    truncation: PromptTruncation,
+    device: &Device,
+) -> Result<Conditioning> {
+    let negative_text = negative_prompt.unwrap_or("");
+    let windows = if guidance && !(negative_text.is_empty() && model.force_zeros_for_empty_prompt) {
+        window_count(model, prompt, truncation)?.max(window_count(model, negative_text, truncation)?)
+    } else {
+        window_count(model, prompt, truncation)?
+    };
+    let positive = encode_prompt(model, prompt, truncation, windows, device)?;
+    let negative = if !guidance {
+        None
+    } else if negative_text.is_empty() && model.force_zeros_for_empty_prompt {
+        Some(PromptEmbeddings { hidden_states: positive.hidden_states.zeros_like()?, pooled: positive.pooled.zeros_like()? })
+    } else {
+        Some(encode_prompt(model, negative_text, truncation, windows, device)?)
+    };
+    Ok(Conditioning { positive, negative })
+}
