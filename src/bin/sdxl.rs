@@ -43,9 +43,9 @@ struct EngineArgs {
     /// Allow sizes below SDXL's 256 minimum (useful with tiny models).
     #[arg(long)]
     min_size: Option<u32>,
-    /// Reproduce torch's AVX2 CPU noise kernel instead of the scalar/AVX-512 one.
+    /// Reproduce the noise of torch's non-vectorised CPU build instead of its AVX2/AVX-512 one.
     #[arg(long)]
-    avx2_noise: bool,
+    scalar_noise: bool,
 }
 
 #[derive(Args)]
@@ -95,7 +95,7 @@ fn engine_config(args: &EngineArgs, output_dir: &Path) -> EngineConfig {
         dtype: args.dtype.clone(),
         models_dir: args.models_dir.clone(),
         output_dir: output_dir.to_path_buf(),
-        torch_cpu_kernel: if args.avx2_noise { "avx2".into() } else { "scalar".into() },
+        torch_cpu_kernel: if args.scalar_noise { "scalar".into() } else { "vectorized".into() },
         ..Default::default()
     };
     if let Some(min) = args.min_size {

@@ -22,8 +22,8 @@ pub struct EngineConfig {
     /// Every saved image stays under this folder.
     pub output_dir: PathBuf,
     pub limits: Limits,
-    /// Which build of torch's CPU normal kernel the noise reproduces: "scalar"
-    /// (AVX-512, ARM and non-vectorised CPUs) or "avx2".
+    /// Which build of torch's CPU normal kernel the noise reproduces: "vectorized"
+    /// (torch on AVX2/AVX-512 x86-64, the default) or "scalar" (torch's plain build).
     pub torch_cpu_kernel: String,
     /// Loaded models kept resident at once (least recently used are dropped first).
     pub max_loaded_models: usize,
@@ -38,7 +38,7 @@ impl Default for EngineConfig {
             models_dir: None,
             output_dir: PathBuf::from("."),
             limits: Limits::default(),
-            torch_cpu_kernel: "scalar".into(),
+            torch_cpu_kernel: "vectorized".into(),
             max_loaded_models: 2,
         }
     }
@@ -97,9 +97,9 @@ impl EngineConfig {
 
     pub fn noise_kernel(&self) -> Result<NormalKernel> {
         match self.torch_cpu_kernel.as_str() {
+            "vectorized" => Ok(NormalKernel::Vectorized),
             "scalar" => Ok(NormalKernel::Scalar),
-            "avx2" => Ok(NormalKernel::Avx2),
-            other => Err(Error::validation("torch_cpu_kernel", format!("'{other}' is not scalar or avx2"))),
+            other => Err(Error::validation("torch_cpu_kernel", format!("'{other}' is not vectorized or scalar"))),
         }
     }
 }

@@ -46,7 +46,7 @@ impl VaeConfig {
     }
 
     pub fn tiny() -> Self {
-        Self { block_out_channels: vec![16, 32, 32, 32], layers_per_block: 1, norm_num_groups: 8, ..Self::sdxl() }
+        Self { block_out_channels: vec![8, 16, 16, 16], layers_per_block: 2, norm_num_groups: 4, ..Self::sdxl() }
     }
 
     pub fn from_json(text: &str) -> Result<Self> {

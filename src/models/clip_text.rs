@@ -68,11 +68,11 @@ impl ClipTextConfig {
     }
 
     pub fn tiny_first() -> Self {
-        Self { hidden_size: 8, intermediate_size: 16, num_hidden_layers: 3, num_attention_heads: 2, projection_dim: 8, ..Self::vit_l() }
+        Self { hidden_size: 8, intermediate_size: 32, num_hidden_layers: 3, num_attention_heads: 2, projection_dim: 8, ..Self::vit_l() }
     }
 
     pub fn tiny_second() -> Self {
-        Self { hidden_size: 16, intermediate_size: 32, num_hidden_layers: 3, num_attention_heads: 2, projection_dim: 12, ..Self::big_g() }
+        Self { hidden_size: 12, intermediate_size: 48, num_hidden_layers: 11, num_attention_heads: 2, projection_dim: 10, ..Self::big_g() }
     }
 
     pub fn from_json(text: &str, what: &str) -> Result<Self> {

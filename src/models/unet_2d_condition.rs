@@ -92,12 +92,13 @@ impl UNetConfig {
     /// The built-in demo model and the test fixtures: SDXL's structure, tiny widths.
     pub fn tiny() -> Self {
         Self {
-            block_out_channels: vec![32, 64, 64],
-            attention_head_dim: PerBlock::Each(vec![2, 4, 4]),
+            block_out_channels: vec![16, 32, 32],
+            attention_head_dim: PerBlock::Each(vec![2, 2, 4]),
             transformer_layers_per_block: PerBlock::Each(vec![1, 1, 2]),
-            cross_attention_dim: 24,
+            cross_attention_dim: 20,
             addition_time_embed_dim: Some(8),
-            projection_class_embeddings_input_dim: Some(6 * 8 + 12),
+            projection_class_embeddings_input_dim: Some(6 * 8 + 10),
+            norm_num_groups: 8,
             sample_size: 32,
             ..Self::sdxl_base()
         }

@@ -79,8 +79,10 @@ pub fn encode_conditioning(
     truncation: PromptTruncation,
     device: &Device,
 ) -> Result<Conditioning> {
+    // diffusers zeroes the negative only when none was given at all; "" is encoded like a prompt.
+    let zero_negative = negative_prompt.is_none() && model.force_zeros_for_empty_prompt;
     let negative_text = negative_prompt.unwrap_or("");
-    let windows = if guidance && !(negative_text.is_empty() && model.force_zeros_for_empty_prompt) {
+    let windows = if guidance && !zero_negative {
         window_count(model, prompt, truncation)?.max(window_count(model, negative_text, truncation)?)
     } else {
         window_count(model, prompt, truncation)?
@@ -88,7 +90,7 @@ pub fn encode_conditioning(
     let positive = encode_prompt(model, prompt, truncation, windows, device)?;
     let negative = if !guidance {
         None
-    } else if negative_text.is_empty() && model.force_zeros_for_empty_prompt {
+    } else if zero_negative {
         Some(PromptEmbeddings { hidden_states: positive.hidden_states.zeros_like()?, pooled: positive.pooled.zeros_like()? })
     } else {
         Some(encode_prompt(model, negative_text, truncation, windows, device)?)

@@ -1,7 +1,10 @@
 //! Scalar transcriptions of `log256_ps` and `sincos256_ps` from avx_mathfun.h
-//! (Cephes polynomials), which PyTorch's AVX2 `normal_fill_16_AVX2` uses. The
-//! operations are kept in the header's order, one rounding each (no fused
-//! multiply-add), so each lane's result is bit-identical to the SIMD original.
+//! (Cephes polynomials), which PyTorch's vectorised `normal_fill_16_AVX2` uses. The
+//! operations are kept in the header's order. GCC builds ATen's vectorised kernels with
+//! -mfma and contracts some multiply-adds: which ones was found by testing every
+//! combination against torch 2.15's output (tests/fixtures/reference/randn.safetensors,
+//! `tools/rng/fma_probe.rs`): the log polynomial and its `y·z + e·q1` step, the cosine's
+//! `y·z − z/2`, the sine polynomial and its final `y·x + x` are fused; nothing else is.
 
 const MIN_NORM_POS: f32 = f32::from_bits(0x0080_0000);
 const SQRTHF: f32 = 0.707_106_781_186_547_524;
@@ -35,12 +38,10 @@ pub fn log_ps(x: f32) -> f32 {
     let z = x * x;
     let mut y = LOG_P[0];
     for p in &LOG_P[1..] {
-        y = y * x;
-        y = y + p;
+        y = y.mul_add(x, *p);
     }
     y = y * x;
-    y = y * z;
-    y = y + e * LOG_Q1;
+    y = y.mul_add(z, e * LOG_Q1);
     y = y - z * 0.5;
     x = x + y;
     x = x + e * LOG_Q2;
@@ -80,16 +81,14 @@ pub fn sincos_ps(x: f32) -> (f32, f32) {
     cos_poly = cos_poly * z + COSCOF[1];
     cos_poly = cos_poly * z + COSCOF[2];
     cos_poly = cos_poly * z;
-    cos_poly = cos_poly * z;
-    cos_poly = cos_poly - z * 0.5;
+    cos_poly = cos_poly.mul_add(z, -(z * 0.5));
     cos_poly = cos_poly + 1.0;
 
     let mut sin_poly = SINCOF[0];
-    sin_poly = sin_poly * z + SINCOF[1];
-    sin_poly = sin_poly * z + SINCOF[2];
+    sin_poly = sin_poly.mul_add(z, SINCOF[1]);
+    sin_poly = sin_poly.mul_add(z, SINCOF[2]);
     sin_poly = sin_poly * z;
-    sin_poly = sin_poly * x;
-    sin_poly = sin_poly + x;
+    sin_poly = sin_poly.mul_add(x, x);
 
     let (sin, cos) = if poly_mask { (sin_poly, cos_poly) } else { (cos_poly, sin_poly) };
     (f32::from_bits(sin.to_bits() ^ sign_bit_sin), f32::from_bits(cos.to_bits() ^ sign_bit_cos))

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerate every fixture in order. See tools/reference/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REFENV=${REFENV:-/opt/refenv/bin/python}   # torch CPU + diffusers==0.42.1 + transformers 5 + open_clip_torch
+TF4ENV=${TF4ENV:-/opt/tf4env/bin/python}   # transformers 4.x + ftfy (slow CLIPTokenizer)
+"$TF4ENV" tools/tokenizer/build_clip_tokenizer.py --refenv "$REFENV"
+"$REFENV" tools/reference/make_tiny_sdxl.py
+"$REFENV" tools/reference/make_references.py
+"$REFENV" tools/reference/make_randn.py
+du -sh tests/fixtures assets/clip_tokenizer.json.gz
