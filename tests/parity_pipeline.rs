@@ -140,3 +140,37 @@ fn single_file_checkpoint_gives_the_same_images_as_diffusers() {
         check_case(&model, name);
     }
 }
+
+#[test]
+fn the_json_entry_point_writes_diffusers_images_to_disk() {
+    let case = case("txt2img_batch2");
+    let refs = reference("txt2img_batch2");
+    let output = std::env::temp_dir().join(format!("sdxl-parity-json-{}", std::process::id()));
+    let config = json!({"device": "cpu", "output_dir": output, "dtype": "float32"});
+    let engine = sdxl::Engine::from_json(&config.to_string()).unwrap();
+    let request = json!({
+        "message_type": "inference_request",
+        "request_id": "parity-json",
+        "data": {
+            "prompt": case["prompt"],
+            "models": {"base": fixtures().join("tiny-sdxl")},
+            "hyperparameters": {"num_inference_steps": case["steps"], "guidance_scale": case["guidance_scale"], "seed": case["seed"]},
+            "dimensions": {"width": case["width"], "height": case["height"]},
+            "batch": {"size": case["batch"]},
+            "scheduler": "EulerDiscrete",
+            "output": {"format": "png", "save_path": "parity"}
+        }
+    });
+    let response: Value = serde_json::from_str(&engine.handle_json(&request.to_string())).unwrap();
+    assert_eq!(response["success"], true, "{response}");
+    let images: Vec<image::RgbImage> = response["data"]["generated_images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| image::open(entry["path"].as_str().unwrap()).unwrap().to_rgb8())
+        .collect();
+    let (max_diff, differing) = max_pixel_diff(&image_tensor(&images), tensor(&refs, "image"));
+    assert!(max_diff <= 2, "PNG files differ from diffusers by up to {max_diff} ({differing} values)");
+    assert_eq!(response["data"]["generated_images"][1]["seed"], 101);
+    let _ = std::fs::remove_dir_all(output);
+}
