@@ -9,6 +9,9 @@ use candle_nn::{Init, VarBuilder};
 use crate::rng::{NormalKernel, TorchCpuGenerator};
 
 pub const BUILTIN_TINY: &str = "builtin:tiny";
+/// Full-size SDXL base with random weights drawn on the device: benchmarks need the real
+/// shapes and costs, not the real pictures, and no 7 GB download.
+pub const BUILTIN_SDXL_RANDOM: &str = "builtin:sdxl-random";
 const SEED: u64 = 0x5D_1C_0DE;
 
 /// Each tensor's values depend only on its name, so the model is the same whatever
@@ -52,6 +55,31 @@ impl SimpleBackend for RandomWeights {
     fn contains_tensor(&self, _name: &str) -> bool {
         true
     }
+}
+
+/// Weights drawn by the device's own generator: fast enough for 2.6 B parameters.
+struct DeviceRandomWeights;
+
+impl SimpleBackend for DeviceRandomWeights {
+    fn get(&self, shape: Shape, _name: &str, hint: Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let fan_in: usize = shape.dims().iter().skip(1).product::<usize>().max(1);
+        match hint {
+            Init::Const(value) => Tensor::full(value as f32, shape, device)?.to_dtype(dtype),
+            _ => Tensor::randn(0f32, (1.0 / fan_in as f32).sqrt(), shape, device)?.to_dtype(dtype),
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _device: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("built-in weights need a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+pub fn device_random_var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(DeviceRandomWeights), dtype, device.clone())
 }
 
 pub fn builtin_var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {

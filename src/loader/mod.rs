@@ -24,6 +24,7 @@ use weights::{model_load_error, WeightSet};
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelLocation {
     Builtin,
+    BuiltinSdxlRandom,
     DiffusersFolder(PathBuf),
     SingleFile(PathBuf),
 }
@@ -32,6 +33,9 @@ pub enum ModelLocation {
 pub fn resolve_model(name: &str, models_dir: Option<&Path>) -> Result<ModelLocation> {
     if name == builtin::BUILTIN_TINY {
         return Ok(ModelLocation::Builtin);
+    }
+    if name == builtin::BUILTIN_SDXL_RANDOM {
+        return Ok(ModelLocation::BuiltinSdxlRandom);
     }
     let classify = |path: PathBuf| -> Option<ModelLocation> {
         if path.is_dir() {
@@ -87,6 +91,7 @@ pub struct LoadOptions<'a> {
 pub fn load_model(location: &ModelLocation, options: &LoadOptions) -> Result<SdxlModel> {
     match location {
         ModelLocation::Builtin => load_builtin(options),
+        ModelLocation::BuiltinSdxlRandom => load_sdxl_random(options),
         ModelLocation::DiffusersFolder(dir) => load_diffusers_folder(dir, options),
         ModelLocation::SingleFile(path) => load_single_file(path, options),
     }
@@ -311,4 +316,19 @@ pub fn load_builtin(options: &LoadOptions) -> Result<SdxlModel> {
     let vbs = [vb(options.dtype).pp("unet"), vb(options.dtype).pp("text_encoder"), vb(options.dtype).pp("text_encoder_2"), vb(options.vae_dtype).pp("vae")];
     let networks = build_networks(&configs, vbs, options)?;
     Ok(assemble(configs, networks, embedded_tokenizers()?, options, "built-in tiny demo model (random weights)".into(), 0))
+}
+
+pub fn load_sdxl_random(options: &LoadOptions) -> Result<SdxlModel> {
+    let configs = Configs {
+        unet: UNetConfig::sdxl_base(),
+        text_encoder: ClipTextConfig::vit_l(),
+        text_encoder_2: ClipTextConfig::big_g(),
+        vae: VaeConfig::sdxl(),
+        scheduler: SchedulerConfig::default(),
+        force_zeros: true,
+    };
+    let vb = |dtype| builtin::device_random_var_builder(dtype, options.device);
+    let vbs = [vb(options.dtype).pp("unet"), vb(options.dtype).pp("text_encoder"), vb(options.dtype).pp("text_encoder_2"), vb(options.vae_dtype).pp("vae")];
+    let networks = build_networks(&configs, vbs, options)?;
+    Ok(assemble(configs, networks, embedded_tokenizers()?, options, "built-in full-size SDXL with random weights (benchmarks)".into(), 0))
 }

@@ -47,7 +47,9 @@ impl ClipTokenizer {
         let mut inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::ModelLoad(format!("tokenizer.json: {e}")))?;
         // transformers registers the pad token as a special token: with SDXL's second
         // tokenizer a literal "!" in a prompt becomes its own token (id 0), never merged.
-        inner.add_special_tokens(vec![tokenizers::AddedToken::from(pad_token, true)]);
+        inner
+            .add_special_tokens(vec![tokenizers::AddedToken::from(pad_token, true)])
+            .map_err(|e| Error::ModelLoad(format!("tokenizer: cannot register pad token {pad_token}: {e}")))?;
         let id = |token: &str| {
             inner.token_to_id(token).ok_or_else(|| Error::ModelLoad(format!("tokenizer has no '{token}' token")))
         };

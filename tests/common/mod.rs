@@ -3,12 +3,21 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use sdxl::api::{parse_request, plan_request, Limits};
 use sdxl::loader::{self, LoadOptions, SdxlModel};
+use sdxl::pipeline::{generate, Intermediates, NoProgress, RunContext};
+use sdxl::rng::NormalKernel;
+use serde_json::{json, Value};
 
+/// The committed fixtures; `SDXL_FIXTURES` points elsewhere (the GPU machine's copy).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    match std::env::var_os("SDXL_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
 }
 
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
@@ -51,3 +60,62 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tolerance: f
     let diff = max_abs_diff(actual, expected);
     assert!(diff <= tolerance, "{what}: max |diff| = {diff:e} > {tolerance:e} (reference max |x| = {:e})", max_abs(expected));
 }
+
+pub fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join("reference/cases.json")).unwrap();
+    let value: Value = serde_json::from_str(&text).unwrap();
+    value["cases"].as_array().unwrap().clone()
+}
+
+pub fn case(name: &str) -> Value {
+    cases().into_iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no case {name}"))
+}
+
+/// Runs one reference case through the same request → plan → pipeline path the engine uses.
+pub fn run_case(model: &SdxlModel, case: &Value, device: &Device) -> (Vec<image::RgbImage>, Intermediates) {
+    let mut request = json!({
+        "prompt": case["prompt"],
+        "models": {"base": "tiny"},
+        "hyperparameters": {
+            "num_inference_steps": case["steps"], "guidance_scale": case["guidance_scale"],
+            "seed": case["seed"], "strength": case.get("strength").cloned().unwrap_or(json!(0.8)),
+        },
+        "dimensions": {"width": case["width"], "height": case["height"]},
+        "batch": {"size": case["batch"]},
+        "scheduler": case["scheduler"],
+    });
+    for key in ["original_size", "crops_coords_top_left", "target_size"] {
+        if let Some(value) = case.get(key) {
+            request[key] = value.clone();
+        }
+    }
+    let init_image = case.get("init_image").and_then(|v| v.as_str()).map(|file| {
+        request["init_image"] = json!(fixtures().join("reference").join(file).display().to_string());
+        image::open(fixtures().join("reference").join(file)).unwrap().to_rgb8()
+    });
+    let parsed = parse_request(request).expect("reference case is a valid request");
+    let mut plan = plan_request(&parsed, "parity".into(), &Limits::default(), || unreachable!()).expect("valid plan");
+    // The API maps "" and absent alike to zeros; diffusers distinguishes them, so the
+    // pipeline does too and the test passes the case's exact value.
+    plan.negative_prompt = case["negative_prompt"].as_str().map(str::to_string);
+    let mut intermediates = Intermediates::default();
+    let mut progress = NoProgress;
+    let mut ctx = RunContext { device, noise_kernel: NormalKernel::Vectorized, progress: &mut progress, started: Instant::now() };
+    let batch = generate(model, &plan, init_image.as_ref(), &mut ctx, Some(&mut intermediates)).expect("generation runs");
+    (batch.images, intermediates)
+}
+
+pub fn image_tensor(images: &[image::RgbImage]) -> Tensor {
+    let (w, h) = images[0].dimensions();
+    let bytes: Vec<u8> = images.iter().flat_map(|i| i.as_raw().iter().copied()).collect();
+    Tensor::from_vec(bytes, (images.len(), h as usize, w as usize, 3), &Device::Cpu).unwrap()
+}
+
+pub fn max_pixel_diff(actual: &Tensor, expected: &Tensor) -> (u8, usize) {
+    let a = actual.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let e = expected.to_dtype(DType::U8).unwrap().flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    assert_eq!(a.len(), e.len());
+    let diffs: Vec<u8> = a.iter().zip(&e).map(|(x, y)| x.abs_diff(*y)).collect();
+    (*diffs.iter().max().unwrap(), diffs.iter().filter(|&&d| d > 0).count())
+}
+

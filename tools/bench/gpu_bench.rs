@@ -1,0 +1,119 @@
+//! The GPU bench and GPU parity check, one binary shipped to the GPU machine.
+//!
+//! `gpu_bench parity`: the tiny fixtures' cases on cuda:0 in float32, float16 and bfloat16,
+//! reporting uint8 max diff against diffusers (SDXL_FIXTURES points at the fixtures).
+//! `gpu_bench bench [steps]`: full-size SDXL (random weights drawn on the GPU, no files):
+//! text encode, one UNet step (CFG batch 2) at 1024², VAE decode 1024², a whole 1024²
+//! generation, first-request latency. Prints one JSON object per line.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use sdxl::api::{parse_request, plan_request, Limits};
+use sdxl::loader::{self, LoadOptions};
+use sdxl::models::UNetConditioning;
+use sdxl::pipeline::text_conditioning::encode_conditioning;
+use sdxl::pipeline::{generate, NoProgress, RunContext};
+use sdxl::rng::NormalKernel;
+use serde_json::json;
+
+fn parity(device: &Device) -> sdxl::Result<()> {
+    for (dtype, vae_dtype) in [(DType::F32, DType::F32), (DType::F16, DType::F32), (DType::BF16, DType::F32)] {
+        let options = LoadOptions { device, dtype, vae_dtype, config_dir: None };
+        let model = loader::load_diffusers_folder(&common::fixtures().join("tiny-sdxl"), &options)?;
+        for case in common::cases() {
+            let name = case["name"].as_str().unwrap_or("?").to_string();
+            let refs = common::reference(&name);
+            let (images, got) = common::run_case(&model, &case, device);
+            let (max_diff, differing) = common::max_pixel_diff(&common::image_tensor(&images), common::tensor(&refs, "image"));
+            let latent_diff = common::max_abs_diff(&got.final_latents.unwrap().to_device(&Device::Cpu)?, common::tensor(&refs, "final_latents"));
+            println!("{}", json!({"kind": "parity", "dtype": format!("{dtype:?}"), "case": name, "uint8_max_diff": max_diff, "differing_values": differing, "final_latents_max_abs_diff": latent_diff}));
+        }
+    }
+    Ok(())
+}
+
+fn seconds_since(start: Instant, device: &Device) -> sdxl::Result<f64> {
+    device.synchronize()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn bench(device: &Device, steps: u32) -> sdxl::Result<()> {
+    let load_start = Instant::now();
+    let options = LoadOptions { device, dtype: DType::F16, vae_dtype: DType::F32, config_dir: None };
+    let model = loader::load_sdxl_random(&options)?;
+    println!("{}", json!({"kind": "load_random_weights_s", "value": seconds_since(load_start, device)?}));
+
+    let prompt = "a photograph of an astronaut riding a horse on mars, highly detailed";
+    let mut encode_times = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let cond = encode_conditioning(&model, prompt, Some("blurry"), true, sdxl::api::validate::PromptTruncation::Chunked, device)?;
+        cond.positive.hidden_states.sum_all()?;
+        encode_times.push(seconds_since(start, device)? * 1000.0);
+    }
+    println!("{}", json!({"kind": "text_encode_ms", "values": encode_times}));
+
+    let latents = Tensor::randn(0f32, 1.0, (2, 4, 128, 128), device)?.to_dtype(DType::F16)?;
+    let context = Tensor::randn(0f32, 1.0, (2, 77, 2048), device)?.to_dtype(DType::F16)?;
+    let pooled = Tensor::randn(0f32, 1.0, (2, 1280), device)?.to_dtype(DType::F16)?;
+    let time_ids = Tensor::new(&[[1024f32, 1024., 0., 0., 1024., 1024.], [1024., 1024., 0., 0., 1024., 1024.]], device)?;
+    let cond = UNetConditioning { encoder_hidden_states: &context, text_embeds: &pooled, time_ids: &time_ids };
+    let mut unet_times = Vec::new();
+    for i in 0..8 {
+        let start = Instant::now();
+        let out = model.unet.forward(&latents, 500.0, &cond)?;
+        drop(out);
+        let ms = seconds_since(start, device)? * 1000.0;
+        if i >= 2 {
+            unet_times.push(ms);
+        }
+    }
+    println!("{}", json!({"kind": "unet_step_cfg_1024_ms", "values": unet_times}));
+
+    let latent = Tensor::randn(0f32, 1.0, (1, 4, 128, 128), device)?;
+    let mut vae_times = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        model.vae.decode(&latent)?;
+        vae_times.push(seconds_since(start, device)? * 1000.0);
+    }
+    println!("{}", json!({"kind": "vae_decode_1024_ms", "values": vae_times}));
+
+    for (label, scheduler) in [("first_request_s", "EulerDiscreteScheduler"), ("e2e_1024_s", "EulerDiscreteScheduler"), ("e2e_1024_dpmpp2m_s", "DPMSolverMultistepScheduler")] {
+        let request = json!({"prompt": prompt, "models": {"base": "builtin:sdxl-random"}, "hyperparameters": {"num_inference_steps": steps, "seed": 1}, "dimensions": {"width": 1024, "height": 1024}, "scheduler": scheduler});
+        let plan = plan_request(&parse_request(request)?, "bench".into(), &Limits::default(), || 0)?;
+        let mut progress = NoProgress;
+        let start = Instant::now();
+        let mut ctx = RunContext { device, noise_kernel: NormalKernel::Vectorized, progress: &mut progress, started: start };
+        let batch = generate(&model, &plan, None, &mut ctx, None)?;
+        println!("{}", json!({"kind": label, "steps": steps, "value": seconds_since(start, device)?, "stages": batch.stage_times}));
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let device = match Device::new_cuda(0) {
+        Ok(device) => device,
+        Err(err) => {
+            eprintln!("gpu_bench: no CUDA device: {err}");
+            std::process::exit(2);
+        }
+    };
+    let result = match args.get(1).map(String::as_str) {
+        Some("parity") => parity(&device),
+        Some("bench") => bench(&device, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)),
+        _ => {
+            eprintln!("usage: gpu_bench parity | bench [steps]");
+            std::process::exit(2);
+        }
+    };
+    if let Err(err) = result {
+        eprintln!("gpu_bench: {err}");
+        std::process::exit(1);
+    }
+}
