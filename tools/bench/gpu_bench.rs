@@ -4,7 +4,8 @@
 //! reporting uint8 max diff against diffusers (SDXL_FIXTURES points at the fixtures).
 //! `gpu_bench bench [steps]`: full-size SDXL (random weights drawn on the GPU, no files):
 //! text encode, one UNet step (CFG batch 2) at 1024², VAE decode 1024², a whole 1024²
-//! generation, first-request latency. Prints one JSON object per line.
+//! generation, first-request latency. `gpu_bench compare DIR`: full-size parity with the
+//! random SDXL diffusers_bench.py saved. Prints one JSON object per line.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -95,6 +96,36 @@ fn bench(device: &Device, steps: u32) -> sdxl::Result<()> {
     Ok(())
 }
 
+/// Full-size parity: the random SDXL that diffusers_bench.py saved, one UNet call and a
+/// 4-step 512² generation, compared with diffusers' outputs on the same inputs.
+fn compare(device: &Device, dir: &std::path::Path) -> sdxl::Result<()> {
+    let refs = candle_core::safetensors::load(dir.join("reference.safetensors"), device)?;
+    let get = |k: &str| refs.get(k).cloned().ok_or_else(|| sdxl::Error::Internal(format!("reference lacks {k}")));
+    for (dtype, key) in [(DType::F32, "noise_pred_f32"), (DType::F16, "noise_pred_f16")] {
+        let start = Instant::now();
+        let model = loader::load_diffusers_folder(dir, &LoadOptions { device, dtype, vae_dtype: DType::F32, config_dir: None })?;
+        let load_s = seconds_since(start, device)?;
+        let (context, pooled, ids) = (get("encoder_hidden_states")?.to_dtype(dtype)?, get("text_embeds")?.to_dtype(dtype)?, get("time_ids")?);
+        let cond = UNetConditioning { encoder_hidden_states: &context, text_embeds: &pooled, time_ids: &ids };
+        let ours = model.unet.forward(&get("sample")?.to_dtype(dtype)?, 500.0, &cond)?.to_dtype(DType::F32)?;
+        let theirs = get(key)?;
+        let rel = ((&ours - &theirs)?.sqr()?.sum_all()?.sqrt()? / theirs.sqr()?.sum_all()?.sqrt()?)?.to_scalar::<f32>()?;
+        let max_abs = (&ours - &theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        println!("{}", json!({"kind": "full_size_unet_parity", "dtype": format!("{dtype:?}"), "relative_l2_error": rel, "max_abs_diff": max_abs, "folder_load_s": load_s}));
+        if dtype == DType::F32 {
+            let request = json!({"prompt": "a photograph of an astronaut riding a horse on mars, highly detailed", "models": {"base": "x"},
+                "hyperparameters": {"num_inference_steps": 4, "guidance_scale": 5.0, "seed": 7}, "dimensions": {"width": 512, "height": 512}, "scheduler": "EulerDiscreteScheduler"});
+            let plan = plan_request(&parse_request(request)?, "compare".into(), &Limits::default(), || 0)?;
+            let mut progress = NoProgress;
+            let mut ctx = RunContext { device, noise_kernel: NormalKernel::Vectorized, progress: &mut progress, started: Instant::now() };
+            let batch = generate(&model, &plan, None, &mut ctx, None)?;
+            let (max_diff, differing) = common::max_pixel_diff(&common::image_tensor(&batch.images), &get("image_f32")?.to_device(&Device::Cpu)?);
+            println!("{}", json!({"kind": "full_size_4_step_512_parity_f32", "uint8_max_diff": max_diff, "differing_values": differing, "of": 512 * 512 * 3}));
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let device = match Device::new_cuda(0) {
@@ -107,8 +138,9 @@ fn main() {
     let result = match args.get(1).map(String::as_str) {
         Some("parity") => parity(&device),
         Some("bench") => bench(&device, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)),
+        Some("compare") => compare(&device, std::path::Path::new(args.get(2).map(String::as_str).unwrap_or("/tmp/sdxl-random"))),
         _ => {
-            eprintln!("usage: gpu_bench parity | bench [steps]");
+            eprintln!("usage: gpu_bench parity | bench [steps] | compare DIR");
             std::process::exit(2);
         }
     };
