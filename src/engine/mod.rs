@@ -2,6 +2,7 @@
 //! cancellation. One engine serialises its device work; it is safe to call from many threads.
 
 pub mod config;
+pub mod logging;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -185,6 +185,47 @@ pub unsafe extern "C" fn sdxl_set_progress_callback(engine: *mut SdxlEngine, cal
     )
 }
 
+/// Receives one log line: level (0 error, 1 warn, 2 info, 3 debug, 4 trace), target and
+/// message (UTF-8, valid only during the call). May be called from any thread.
+pub type SdxlLogCallback = Option<unsafe extern "C" fn(level: u32, target: *const c_char, message: *const c_char, user_data: *mut c_void)>;
+
+struct HostLogger {
+    callback: unsafe extern "C" fn(u32, *const c_char, *const c_char, *mut c_void),
+    user_data: *mut c_void,
+}
+
+// SAFETY: the host promises (in the header) the callback is callable from any thread.
+unsafe impl Send for HostLogger {}
+unsafe impl Sync for HostLogger {}
+
+impl HostLogger {
+    fn log(&self, level: u32, target: &str, message: &str) {
+        let target = std::ffi::CString::new(target.replace('\0', " ")).unwrap_or_default();
+        let message = std::ffi::CString::new(message.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: as registered by the host.
+        unsafe { (self.callback)(level, target.as_ptr(), message.as_ptr(), self.user_data) }
+    }
+}
+
+/// Forwards the library's log lines at `max_level` and more severe (0 error … 4 trace) to
+/// `callback`, for every engine of the process; NULL stops forwarding. The library never
+/// writes to stdout/stderr itself. `user_data` must stay valid until the callback is replaced.
+/// Thread safety: may be called from any thread; the callback may run on any thread.
+#[no_mangle]
+pub unsafe extern "C" fn sdxl_set_log_callback(callback: SdxlLogCallback, max_level: u32, user_data: *mut c_void) -> i32 {
+    guard(
+        |err| err.code(),
+        || {
+            let sink = callback.map(|callback| {
+                let logger = HostLogger { callback, user_data };
+                Box::new(move |level: u32, target: &str, message: &str| logger.log(level, target, message)) as crate::engine::logging::LogSink
+            });
+            crate::engine::logging::set_sink(sink, max_level);
+            Ok(SDXL_OK)
+        },
+    )
+}
+
 /// Frees an engine and every model it holds. NULL is ignored. Must not race with other
 /// calls on the same engine: the host stops issuing calls, then frees.
 #[no_mangle]

@@ -1,0 +1,146 @@
+//! The engine at run time: progress, cancellation (callback and cross-thread), timeouts,
+//! status, logs, and many threads sharing one engine.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sdxl::pipeline::Stage;
+use sdxl::Engine;
+use serde_json::{json, Value};
+
+fn engine(tag: &str) -> Engine {
+    let output = std::env::temp_dir().join(format!("sdxl-runtime-{tag}-{}", std::process::id()));
+    Engine::from_json(&json!({"device": "cpu", "output_dir": output, "limits": {"min_size": 64}}).to_string()).unwrap()
+}
+
+fn request(steps: u32, extra: Value) -> String {
+    let mut request = json!({
+        "prompt": "a lighthouse", "models": {"base": "builtin:tiny"},
+        "dimensions": {"width": 64, "height": 64},
+        "hyperparameters": {"num_inference_steps": steps, "seed": 5},
+        "scheduler": "EulerDiscreteScheduler",
+    });
+    if let (Value::Object(base), Value::Object(extra)) = (&mut request, extra) {
+        base.extend(extra);
+    }
+    request.to_string()
+}
+
+fn respond(engine: &Engine, text: &str) -> Value {
+    serde_json::from_str(&engine.handle_json(text)).unwrap()
+}
+
+#[test]
+fn progress_reports_every_stage_and_step_in_order() {
+    let engine = engine("progress");
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    engine.set_progress_callback(Some(Box::new(move |id, event| {
+        sink.lock().unwrap().push((id.to_string(), event.stage, event.step, event.total_steps));
+        true
+    })));
+    let response = respond(&engine, &request(3, json!({"metadata": {"request_id": "progress-1"}})));
+    assert_eq!(response["success"], true, "{response}");
+    let events = events.lock().unwrap();
+    assert!(events.iter().all(|(id, ..)| id == "progress-1"));
+    let stages: Vec<Stage> = events.iter().map(|e| e.1).collect();
+    assert_eq!(stages.first(), Some(&Stage::Encode));
+    assert_eq!(stages.last(), Some(&Stage::Save));
+    let denoise_steps: Vec<u32> = events.iter().filter(|e| e.1 == Stage::Denoise).map(|e| e.2).collect();
+    assert_eq!(denoise_steps, vec![0, 1, 2, 3], "{events:?}");
+    assert!(events.iter().filter(|e| e.1 == Stage::Denoise).all(|e| e.3 == 3));
+}
+
+#[test]
+fn a_callback_returning_false_cancels_and_the_engine_serves_the_next_request() {
+    let engine = engine("cancel-callback");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    engine.set_progress_callback(Some(Box::new(move |_, event| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        !(event.stage == Stage::Denoise && event.step >= 1)
+    })));
+    let response = respond(&engine, &request(20, json!({})));
+    assert_eq!(response["error_code"], "CANCELLED", "{response}");
+    assert!(calls.load(Ordering::SeqCst) <= 4, "cancelled within one step: {} callbacks", calls.load(Ordering::SeqCst));
+    engine.set_progress_callback(None);
+    let next = respond(&engine, &request(2, json!({})));
+    assert_eq!(next["success"], true, "{next}");
+}
+
+#[test]
+fn cancel_from_another_thread_stops_the_request_in_flight() {
+    let engine = Arc::new(engine("cancel-thread"));
+    let started = Arc::new(std::sync::Barrier::new(2));
+    let gate = started.clone();
+    let once = AtomicUsize::new(0);
+    engine.set_progress_callback(Some(Box::new(move |_, event| {
+        if event.stage == Stage::Denoise && once.fetch_add(1, Ordering::SeqCst) == 0 {
+            gate.wait();
+        }
+        true
+    })));
+    let canceller = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            started.wait();
+            engine.cancel();
+        })
+    };
+    let response = respond(&engine, &request(150, json!({})));
+    canceller.join().unwrap();
+    assert_eq!(response["error_code"], "CANCELLED", "{response}");
+}
+
+#[test]
+fn metadata_timeout_is_enforced() {
+    let engine = engine("timeout");
+    let response = respond(&engine, &request(150, json!({"metadata": {"timeout": 0.05}})));
+    assert_eq!(response["error_code"], "TIMEOUT", "{response}");
+}
+
+#[test]
+fn status_reports_models_requests_and_version() {
+    let engine = engine("status");
+    assert_eq!(respond(&engine, &request(1, json!({})))["success"], true);
+    let status = respond(&engine, r#"{"message_type":"status_request","request_id":"s1"}"#);
+    assert_eq!(status["request_id"], "s1");
+    let data = &status["data"];
+    assert_eq!(data["requests_served"], 1);
+    assert_eq!(data["device_name"], "cpu");
+    assert_eq!(data["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(data["loaded_models"][0]["name"], "builtin:tiny");
+}
+
+#[test]
+fn many_threads_share_one_engine_safely() {
+    let engine = Arc::new(engine("threads"));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let engine = engine.clone();
+            std::thread::spawn(move || respond(&engine, &request(2, json!({"hyperparameters": {"num_inference_steps": 2, "seed": i}}))))
+        })
+        .collect();
+    let mut seeds: Vec<u64> = handles
+        .into_iter()
+        .map(|h| {
+            let response = h.join().unwrap();
+            assert_eq!(response["success"], true, "{response}");
+            response["data"]["generated_images"][0]["seed"].as_u64().unwrap()
+        })
+        .collect();
+    seeds.sort();
+    assert_eq!(seeds, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn log_lines_reach_the_host_callback() {
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    sdxl::engine::logging::set_sink(Some(Box::new(move |_, _, message| sink.lock().unwrap().push(message.to_string()))), 2);
+    let engine = engine("logs");
+    assert_eq!(respond(&engine, &request(1, json!({})))["success"], true);
+    sdxl::engine::logging::set_sink(None, 2);
+    let lines = lines.lock().unwrap();
+    assert!(lines.iter().any(|l| l.contains("loading model")), "{lines:?}");
+}
