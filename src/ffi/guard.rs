@@ -1,7 +1,7 @@
 //! The one guard every export runs in: panics are caught and become errors, the
 //! thread's last error is recorded, and C strings are checked before use.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Once;
@@ -10,15 +10,22 @@ use crate::error::{Error, Result};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_ERROR_CODE: Cell<i32> = const { Cell::new(0) };
 }
 
-pub fn set_last_error(message: &str) {
+pub fn set_last_error(code: i32, message: &str) {
     let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
     LAST_ERROR.with(|slot| *slot.borrow_mut() = text);
+    LAST_ERROR_CODE.with(|slot| slot.set(code));
 }
 
 pub fn clear_last_error() {
     LAST_ERROR.with(|slot| *slot.borrow_mut() = CString::default());
+    LAST_ERROR_CODE.with(|slot| slot.set(0));
+}
+
+pub fn last_error_code() -> i32 {
+    LAST_ERROR_CODE.with(|slot| slot.get())
 }
 
 /// Pointer to this thread's last error text; valid until this thread's next call.
@@ -60,7 +67,7 @@ pub fn guard<T>(on_error: impl FnOnce(&Error) -> T, body: impl FnOnce() -> Resul
             Error::Internal(format!("panic caught at the C ABI boundary: {text}"))
         }
     };
-    set_last_error(&err.to_string());
+    set_last_error(err.code(), &err.to_string());
     on_error(&err)
 }
 

@@ -9,7 +9,7 @@ use std::ffi::{c_char, c_void};
 use crate::engine::{Engine, ProgressCallback};
 use crate::error::Error;
 use crate::pipeline::ProgressEvent;
-use guard::{borrow_str, guard, last_error_ptr, to_c_string};
+use guard::{borrow_str, guard, last_error_code, last_error_ptr, to_c_string};
 
 /// Operation succeeded.
 pub const SDXL_OK: i32 = 0;
@@ -207,7 +207,7 @@ impl HostLogger {
     }
 }
 
-/// Forwards the library's log lines at `max_level` and more severe (0 error … 4 trace) to
+/// Forwards the library's log lines at `max_level` and more severe (0 error to 4 trace) to
 /// `callback`, for every engine of the process; NULL stops forwarding. The library never
 /// writes to stdout/stderr itself. `user_data` must stay valid until the callback is replaced.
 /// Thread safety: may be called from any thread; the callback may run on any thread.
@@ -254,6 +254,13 @@ pub unsafe extern "C" fn sdxl_string_free(text: *mut c_char) {
 #[no_mangle]
 pub extern "C" fn sdxl_last_error() -> *const c_char {
     last_error_ptr()
+}
+
+/// The calling thread's last error code (`SDXL_OK` if the last call succeeded), the
+/// number matching `sdxl_last_error()`'s text — e.g. why `sdxl_create` returned NULL.
+#[no_mangle]
+pub extern "C" fn sdxl_last_error_code() -> i32 {
+    last_error_code()
 }
 
 /// The version of the library actually loaded, e.g. "0.1.0". Static; never NULL.

@@ -1,0 +1,358 @@
+// The seed's EnhancedRequestTransformer (src/Services/Enhanced/EnhancedRequestTransformer.cs)
+// and WorkerTypeResolver, writing the `inference_request` envelope the Rust engine reads.
+//
+// Divergences from the seed, all because src/api/request.rs rejects what the Python worker
+// tolerated: null members are omitted (models.refiner / models.vae only when set, since a
+// set refiner or VAE is refused as unsupported), negative_prompt only when non-empty, and a
+// disabled controlnet / output.upscale is just {"enabled": false}.
+
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.Linq;
+
+namespace DeviceOperations.Sdxl
+{
+    public interface IEnhancedRequestTransformer
+    {
+        /// <summary>The request as the JSON envelope sdxl_generate_json reads.</summary>
+        string TransformEnhancedSDXLRequest(EnhancedSDXLRequest request, string requestId);
+
+        bool ValidateRequest(EnhancedSDXLRequest request, out List<string> errors);
+    }
+
+    /// <summary>Math.Clamp is .NET Core only.</summary>
+    internal static class Clamp
+    {
+        public static int Value(int value, int min, int max)
+        {
+            return value < min ? min : (value > max ? max : value);
+        }
+
+        public static double Value(double value, double min, double max)
+        {
+            if (double.IsNaN(value))
+            {
+                return min;
+            }
+            return value < min ? min : (value > max ? max : value);
+        }
+    }
+
+    /// <summary>The seed's worker routing, kept as a feature classifier: the native engine
+    /// serves every request with one pipeline, but worker_type and the tags still say which
+    /// features a request uses.</summary>
+    public class WorkerTypeResolver
+    {
+        public const string EnhancedWorker = "enhanced_sdxl_worker";
+        public const string BasicWorker = "sdxl_worker";
+
+        public virtual string DetermineWorkerType(EnhancedSDXLRequest request)
+        {
+            return HasAdvancedFeatures(request) ? EnhancedWorker : BasicWorker;
+        }
+
+        public virtual bool HasAdvancedFeatures(EnhancedSDXLRequest request)
+        {
+            if (request == null)
+            {
+                return false;
+            }
+            if (request.Conditioning != null && request.Conditioning.LoRAs != null && request.Conditioning.LoRAs.Any())
+            {
+                return true;
+            }
+            if (request.Conditioning != null && request.Conditioning.ControlNets != null && request.Conditioning.ControlNets.Any())
+            {
+                return true;
+            }
+            if (request.Model != null && !string.IsNullOrEmpty(request.Model.Refiner))
+            {
+                return true;
+            }
+            if (request.Model != null && !string.IsNullOrEmpty(request.Model.Vae))
+            {
+                return true;
+            }
+            if (request.PostProcessing != null && request.PostProcessing.Any())
+            {
+                return true;
+            }
+            if (request.Hyperparameters != null && request.Hyperparameters.BatchSize > 1)
+            {
+                return true;
+            }
+            return false;
+        }
+    }
+
+    public class EnhancedRequestTransformer : IEnhancedRequestTransformer
+    {
+        public const string DefaultModel = "cyberrealisticPony_v125";
+        public const int MinDimension = 256;
+        public const int MaxDimension = 2048;
+
+        private readonly WorkerTypeResolver _workerTypeResolver;
+
+        public EnhancedRequestTransformer()
+            : this(null)
+        {
+        }
+
+        public EnhancedRequestTransformer(WorkerTypeResolver workerTypeResolver)
+        {
+            _workerTypeResolver = workerTypeResolver ?? new WorkerTypeResolver();
+        }
+
+        public string TransformEnhancedSDXLRequest(EnhancedSDXLRequest request, string requestId)
+        {
+            return BuildEnvelope(request, requestId).ToString();
+        }
+
+        internal JsonObject BuildEnvelope(EnhancedSDXLRequest request, string requestId)
+        {
+            if (request == null)
+            {
+                throw new ArgumentNullException("request");
+            }
+            try
+            {
+                var conditioning = request.Conditioning;
+                var model = request.Model;
+                var scheduler = request.Scheduler;
+                var hyper = request.Hyperparameters;
+                var output = request.Output;
+                var baseModel = (model == null ? null : model.Base) ?? DefaultModel;
+                var negativePrompt = conditioning == null ? null : conditioning.NegativePrompt;
+
+                var data = new JsonObject()
+                    .Add("worker_type", _workerTypeResolver.DetermineWorkerType(request))
+                    .Add("prompt", (conditioning == null ? null : conditioning.Prompt) ?? string.Empty)
+                    .Add("negative_prompt", string.IsNullOrEmpty(negativePrompt) ? null : negativePrompt)
+                    .Add("model_name", baseModel)
+                    .Add("hyperparameters", new JsonObject()
+                        .Add("num_inference_steps", (scheduler == null ? null : scheduler.Steps) ?? 25)
+                        .Add("guidance_scale", (scheduler == null ? null : scheduler.GuidanceScale) ?? 7.5)
+                        .Add("seed", (hyper == null ? null : hyper.Seed) ?? -1L)
+                        .Add("strength", (hyper == null ? null : hyper.Strength) ?? 0.8))
+                    .Add("dimensions", new JsonObject()
+                        .Add("width", ValidateAndClampDimension((hyper == null ? null : hyper.Width) ?? 1024))
+                        .Add("height", ValidateAndClampDimension((hyper == null ? null : hyper.Height) ?? 1024)))
+                    .Add("scheduler", MapSchedulerType(scheduler == null ? null : scheduler.Type))
+                    .Add("models", new JsonObject()
+                        .Add("base", baseModel)
+                        .Add("refiner", model == null || string.IsNullOrEmpty(model.Refiner) ? null : model.Refiner)
+                        .Add("vae", model == null || string.IsNullOrEmpty(model.Vae) ? null : model.Vae))
+                    .Add("lora", TransformLoRAConfiguration(conditioning == null ? null : conditioning.LoRAs))
+                    .Add("controlnet", TransformControlNetConfiguration(conditioning == null ? null : conditioning.ControlNets))
+                    .Add("output", new JsonObject()
+                        .Add("format", output != null && output.Format != null ? output.Format.ToLowerInvariant() : "png")
+                        .Add("quality", Clamp.Value((output == null ? null : output.Quality) ?? 95, 1, 100))
+                        .Add("save_path", (output == null ? null : output.SavePath) ?? "outputs/")
+                        .Add("upscale", TransformUpscaleConfiguration(request.PostProcessing)))
+                    .Add("batch", new JsonObject()
+                        .Add("size", Clamp.Value((hyper == null ? null : hyper.BatchSize) ?? 1, 1, 9))
+                        .Add("parallel", false))
+                    .Add("precision", new JsonObject()
+                        .Add("dtype", "float16")
+                        .Add("vae_dtype", "float32")
+                        .Add("cpu_offload", false)
+                        .Add("attention_slicing", true)
+                        .Add("vae_slicing", true))
+                    .Add("metadata", new JsonObject()
+                        .Add("request_id", requestId)
+                        .Add("priority", "normal")
+                        .Add("timeout", 300)
+                        .Add("tags", GenerateRequestTags(request)));
+
+                return new JsonObject()
+                    .Add("message_type", "inference_request")
+                    .Add("request_id", requestId)
+                    .Add("data", data);
+            }
+            catch (Exception ex)
+            {
+                throw new InvalidOperationException("Request transformation failed: " + ex.Message, ex);
+            }
+        }
+
+        /// <summary>The seed's checks and messages.</summary>
+        public bool ValidateRequest(EnhancedSDXLRequest request, out List<string> errors)
+        {
+            List<SdxlFieldError> fieldErrors;
+            var valid = ValidateRequest(request, out fieldErrors);
+            errors = fieldErrors.Select(e => e.Message).ToList();
+            return valid;
+        }
+
+        /// <summary>The seed's checks and messages, each with the JSON path the engine would name.</summary>
+        public bool ValidateRequest(EnhancedSDXLRequest request, out List<SdxlFieldError> errors)
+        {
+            errors = new List<SdxlFieldError>();
+            var conditioning = request == null ? null : request.Conditioning;
+            var model = request == null ? null : request.Model;
+            var hyper = request == null ? null : request.Hyperparameters;
+
+            if (conditioning == null || string.IsNullOrWhiteSpace(conditioning.Prompt))
+            {
+                errors.Add(new SdxlFieldError("prompt", "Prompt is required and cannot be empty"));
+            }
+            if (model == null || string.IsNullOrWhiteSpace(model.Base))
+            {
+                errors.Add(new SdxlFieldError("models.base", "Base model is required"));
+            }
+            if (hyper != null && hyper.Width != null && !IsValidDimension(hyper.Width.Value))
+            {
+                errors.Add(new SdxlFieldError("dimensions.width", "Width must be between 256 and 2048 and divisible by 8"));
+            }
+            if (hyper != null && hyper.Height != null && !IsValidDimension(hyper.Height.Value))
+            {
+                errors.Add(new SdxlFieldError("dimensions.height", "Height must be between 256 and 2048 and divisible by 8"));
+            }
+            if (conditioning != null && conditioning.LoRAs != null)
+            {
+                for (var index = 0; index < conditioning.LoRAs.Count; index++)
+                {
+                    var lora = conditioning.LoRAs[index];
+                    var path = "lora.models[" + index.ToString(CultureInfo.InvariantCulture) + "]";
+                    if (lora == null || string.IsNullOrWhiteSpace(lora.ModelPath))
+                    {
+                        errors.Add(new SdxlFieldError(path + ".name", "LoRA ModelPath cannot be empty"));
+                    }
+                    if (lora != null && (lora.Weight < -2.0 || lora.Weight > 2.0))
+                    {
+                        errors.Add(new SdxlFieldError(path + ".weight",
+                            "LoRA weight " + lora.Weight.ToString(CultureInfo.InvariantCulture) + " must be between -2.0 and 2.0"));
+                    }
+                }
+            }
+            return errors.Count == 0;
+        }
+
+        private static JsonObject TransformLoRAConfiguration(List<LoRAConfiguration> loras)
+        {
+            if (loras == null || !loras.Any())
+            {
+                return new JsonObject().Add("enabled", false).Add("models", new object[0]);
+            }
+            return new JsonObject()
+                .Add("enabled", true)
+                .Add("models", loras.Where(l => l != null).Select(lora => new JsonObject()
+                    .Add("name", ExtractModelName(lora.ModelPath))
+                    .Add("weight", Clamp.Value(lora.Weight, -2.0, 2.0))).ToList());
+        }
+
+        private static JsonObject TransformControlNetConfiguration(List<ControlNetConfiguration> controlnets)
+        {
+            var primary = controlnets == null ? null : controlnets.FirstOrDefault(c => c != null);
+            if (primary == null)
+            {
+                return new JsonObject().Add("enabled", false);
+            }
+            // The seed uses the first ControlNet only.
+            return new JsonObject()
+                .Add("enabled", true)
+                .Add("type", InferControlNetType(primary.ModelPath))
+                .Add("conditioning_scale", Clamp.Value(primary.Weight, 0.0, 2.0))
+                .Add("control_image", primary.ConditioningImage)
+                .Add("preprocessor", new JsonObject().Add("enabled", true).Add("resolution", 512));
+        }
+
+        private static JsonObject TransformUpscaleConfiguration(List<PostProcessingStep> postProcessing)
+        {
+            var upscaleStep = postProcessing == null
+                ? null
+                : postProcessing.FirstOrDefault(p => p != null && string.Equals(p.Type, "Upscale", StringComparison.OrdinalIgnoreCase));
+            if (upscaleStep == null)
+            {
+                return new JsonObject().Add("enabled", false);
+            }
+            return new JsonObject()
+                .Add("enabled", true)
+                .Add("factor", upscaleStep.Factor)
+                .Add("method", upscaleStep.Model != null ? upscaleStep.Model.ToLowerInvariant() : "realesrgan");
+        }
+
+        /// <summary>The seed's C# enum name → diffusers class name table.</summary>
+        public static string MapSchedulerType(string schedulerType)
+        {
+            switch (schedulerType)
+            {
+                case "DPMSolverMultistep": return "DPMSolverMultistepScheduler";
+                case "DDIM": return "DDIMScheduler";
+                case "EulerDiscrete": return "EulerDiscreteScheduler";
+                case "EulerAncestral": return "EulerAncestralDiscreteScheduler";
+                case "DPMSolverSinglestep": return "DPMSolverSinglestepScheduler";
+                case "KDPM2Discrete": return "KDPM2DiscreteScheduler";
+                case "KDPM2Ancestral": return "KDPM2AncestralDiscreteScheduler";
+                case "HeunDiscrete": return "HeunDiscreteScheduler";
+                case "LMSDiscrete": return "LMSDiscreteScheduler";
+                case "UniPCMultistep": return "UniPCMultistepScheduler";
+                default: return "DPMSolverMultistepScheduler";
+            }
+        }
+
+        /// <summary>Clamps to [256, 2048], then rounds down to a multiple of 8.</summary>
+        public static int ValidateAndClampDimension(int dimension)
+        {
+            var clamped = Clamp.Value(dimension, MinDimension, MaxDimension);
+            return (clamped / 8) * 8;
+        }
+
+        public static bool IsValidDimension(int dimension)
+        {
+            return dimension >= MinDimension && dimension <= MaxDimension && dimension % 8 == 0;
+        }
+
+        /// <summary>"path/to/model.safetensors" → "model". Both separators count: the seed
+        /// ran on Windows, the engine may run on Linux.</summary>
+        public static string ExtractModelName(string modelPath)
+        {
+            if (modelPath == null)
+            {
+                return null;
+            }
+            var start = Math.Max(modelPath.LastIndexOf('/'), modelPath.LastIndexOf('\\')) + 1;
+            var fileName = modelPath.Substring(start);
+            var dot = fileName.LastIndexOf('.');
+            return dot > 0 ? fileName.Substring(0, dot) : fileName;
+        }
+
+        public static string InferControlNetType(string modelPath)
+        {
+            var fileName = (ExtractModelName(modelPath) ?? string.Empty).ToLowerInvariant();
+            var known = new[] { "canny", "depth", "pose", "scribble", "normal", "seg", "lineart" };
+            foreach (var type in known)
+            {
+                if (fileName.Contains(type))
+                {
+                    return type;
+                }
+            }
+            return "canny";
+        }
+
+        public static string[] GenerateRequestTags(EnhancedSDXLRequest request)
+        {
+            var tags = new List<string> { "enhanced_sdxl", "c_sharp_service" };
+            var conditioning = request.Conditioning;
+            if (conditioning != null && conditioning.LoRAs != null && conditioning.LoRAs.Any())
+            {
+                tags.Add("lora_enhanced");
+            }
+            if (conditioning != null && conditioning.ControlNets != null && conditioning.ControlNets.Any())
+            {
+                tags.Add("controlnet_guided");
+            }
+            if (request.Model != null && !string.IsNullOrEmpty(request.Model.Refiner))
+            {
+                tags.Add("refiner_enhanced");
+            }
+            if (request.PostProcessing != null && request.PostProcessing.Any())
+            {
+                tags.Add("post_processed");
+            }
+            return tags.ToArray();
+        }
+    }
+}

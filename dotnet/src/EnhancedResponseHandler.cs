@@ -1,0 +1,142 @@
+// The seed's EnhancedResponseHandler: the engine's response JSON (src/api/response.rs:
+// request_id, success, data{generated_images, processing_metrics}, error, error_code,
+// error_number, field_errors, warnings, execution_time, timestamp) → EnhancedSDXLResponse.
+
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+
+namespace DeviceOperations.Sdxl
+{
+    public class EnhancedResponseHandler
+    {
+        /// <summary>Never throws: unreadable JSON becomes Success=false with ErrorCode INVALID_JSON.</summary>
+        public EnhancedSDXLResponse HandleEnhancedResponse(string responseJson, string requestId)
+        {
+            Dictionary<string, object> root;
+            try
+            {
+                root = Json.ParseObject(responseJson ?? string.Empty);
+            }
+            catch (FormatException ex)
+            {
+                return Failure(requestId, SdxlErrorCode.InvalidJson, "Invalid response from the native engine: " + ex.Message);
+            }
+
+            var response = new EnhancedSDXLResponse
+            {
+                RequestId = Json.GetString(root, "request_id") ?? requestId,
+                Success = Json.GetBool(root, "success", false),
+                Error = Json.GetString(root, "error"),
+                ErrorCode = Json.GetString(root, "error_code"),
+                ExecutionTime = Json.GetDouble(root, "execution_time") ?? 0.0,
+            };
+            var errorNumber = Json.GetLong(root, "error_number");
+            if (errorNumber.HasValue)
+            {
+                response.ErrorNumber = (int)errorNumber.Value;
+            }
+            else if (response.ErrorCode != null)
+            {
+                response.ErrorNumber = SdxlErrorCode.FromName(response.ErrorCode);
+            }
+            if (!response.Success && response.ErrorCode == null)
+            {
+                response.ErrorCode = SdxlErrorCode.Name(response.ErrorNumber ?? SdxlErrorCode.Internal);
+                response.ErrorNumber = response.ErrorNumber ?? SdxlErrorCode.Internal;
+            }
+            if (!response.Success && string.IsNullOrEmpty(response.Error))
+            {
+                response.Error = "Processing failed: " + response.ErrorCode;
+            }
+
+            foreach (var item in Json.GetArray(root, "field_errors") ?? new List<object>())
+            {
+                var fieldError = item as Dictionary<string, object>;
+                if (fieldError != null)
+                {
+                    response.FieldErrors.Add(new SdxlFieldError(Json.GetString(fieldError, "field"), Json.GetString(fieldError, "message")));
+                }
+            }
+            foreach (var item in Json.GetArray(root, "warnings") ?? new List<object>())
+            {
+                var warning = item as string;
+                if (warning != null)
+                {
+                    response.Warnings.Add(warning);
+                }
+            }
+
+            var data = Json.GetObject(root, "data");
+            if (data != null)
+            {
+                foreach (var item in Json.GetArray(data, "generated_images") ?? new List<object>())
+                {
+                    var image = item as Dictionary<string, object>;
+                    if (image == null)
+                    {
+                        continue;
+                    }
+                    response.Images.Add(new GeneratedImage
+                    {
+                        Path = Json.GetString(image, "path"),
+                        Seed = Json.GetLong(image, "seed") ?? 0,
+                        Width = (int)(Json.GetLong(image, "width") ?? 0),
+                        Height = (int)(Json.GetLong(image, "height") ?? 0),
+                        Format = Json.GetString(image, "format"),
+                    });
+                }
+                var metrics = Json.GetObject(data, "processing_metrics");
+                if (metrics != null)
+                {
+                    response.Metrics = new GenerationMetrics
+                    {
+                        TotalTime = Json.GetDouble(metrics, "total_time") ?? 0.0,
+                        InferenceTime = Json.GetDouble(metrics, "inference_time") ?? 0.0,
+                        DeviceName = Json.GetString(metrics, "device_name"),
+                        MemoryUsed = Json.GetLong(metrics, "memory_used") ?? 0,
+                        UnetCalls = Json.GetLong(metrics, "unet_calls") ?? 0,
+                        IterationsPerSecond = Json.GetDouble(metrics, "iterations_per_second") ?? 0.0,
+                        ModelInfo = Json.GetObject(metrics, "model_info") ?? new Dictionary<string, object>(),
+                    };
+                }
+            }
+            return response;
+        }
+
+        /// <summary>A failure response built on this side (validation, cancellation before start, exceptions).</summary>
+        public static EnhancedSDXLResponse Failure(string requestId, int code, string error, IList<SdxlFieldError> fieldErrors = null)
+        {
+            var response = new EnhancedSDXLResponse
+            {
+                RequestId = requestId,
+                Success = false,
+                Error = error,
+                ErrorCode = SdxlErrorCode.Name(code),
+                ErrorNumber = code,
+            };
+            if (fieldErrors != null)
+            {
+                response.FieldErrors.AddRange(fieldErrors);
+            }
+            return response;
+        }
+
+        /// <summary>The engine's failure JSON for a request that never reached it (same shape as Rust's).</summary>
+        internal static string FailureJson(string requestId, int code, string error)
+        {
+            var seconds = (DateTime.UtcNow - new DateTime(1970, 1, 1, 0, 0, 0, DateTimeKind.Utc)).TotalSeconds;
+            return new JsonObject()
+                .Add("request_id", requestId ?? string.Empty)
+                .Add("success", false)
+                .Add("error", error)
+                .Add("error_code", SdxlErrorCode.Name(code))
+                .Add("error_number", code)
+                .Add("field_errors", new object[0])
+                .Add("warnings", new object[0])
+                .Add("execution_time", 0.0)
+                .Add("timestamp", Math.Round(seconds, 3))
+                .ToString();
+        }
+    }
+}

@@ -1,0 +1,534 @@
+// A small JSON writer and reader, so the library needs nothing beyond the base class
+// library (no Newtonsoft, no System.Text.Json on netstandard2.0/Mono).
+// Writer: ordered objects (JsonObject), null members omitted unless asked for.
+// Reader: objects become Dictionary<string, object>, arrays List<object>, numbers long
+// or double, plus string, bool and null.
+
+using System;
+using System.Collections;
+using System.Collections.Generic;
+using System.Globalization;
+using System.Text;
+
+namespace DeviceOperations.Sdxl
+{
+    /// <summary>An ordered JSON object under construction.</summary>
+    internal sealed class JsonObject : IEnumerable<KeyValuePair<string, object>>
+    {
+        private readonly List<KeyValuePair<string, object>> _members = new List<KeyValuePair<string, object>>();
+
+        /// <summary>Adds a member; a null value is omitted (the Rust side treats absent and
+        /// null alike, but absent keeps the wire format minimal).</summary>
+        public JsonObject Add(string name, object value)
+        {
+            if (value != null)
+            {
+                _members.Add(new KeyValuePair<string, object>(name, value));
+            }
+            return this;
+        }
+
+        public object this[string name]
+        {
+            get
+            {
+                foreach (var member in _members)
+                {
+                    if (member.Key == name)
+                    {
+                        return member.Value;
+                    }
+                }
+                return null;
+            }
+        }
+
+        public IEnumerator<KeyValuePair<string, object>> GetEnumerator()
+        {
+            return _members.GetEnumerator();
+        }
+
+        IEnumerator IEnumerable.GetEnumerator()
+        {
+            return GetEnumerator();
+        }
+
+        public override string ToString()
+        {
+            return Json.Write(this);
+        }
+    }
+
+    internal static class Json
+    {
+        public static string Write(object value)
+        {
+            var builder = new StringBuilder();
+            WriteValue(builder, value);
+            return builder.ToString();
+        }
+
+        private static void WriteValue(StringBuilder builder, object value)
+        {
+            if (value == null)
+            {
+                builder.Append("null");
+                return;
+            }
+            var text = value as string;
+            if (text != null)
+            {
+                WriteString(builder, text);
+                return;
+            }
+            if (value is bool)
+            {
+                builder.Append((bool)value ? "true" : "false");
+                return;
+            }
+            if (value is double || value is float)
+            {
+                var number = Convert.ToDouble(value, CultureInfo.InvariantCulture);
+                if (double.IsNaN(number) || double.IsInfinity(number))
+                {
+                    // JSON has no NaN; null lets the Rust side report the field.
+                    builder.Append("null");
+                    return;
+                }
+                builder.Append(number.ToString("R", CultureInfo.InvariantCulture));
+                return;
+            }
+            if (value is int || value is long || value is uint || value is ulong || value is short || value is ushort || value is byte || value is sbyte || value is decimal)
+            {
+                builder.Append(Convert.ToString(value, CultureInfo.InvariantCulture));
+                return;
+            }
+            var obj = value as JsonObject;
+            if (obj != null)
+            {
+                WriteMembers(builder, obj);
+                return;
+            }
+            var dictionary = value as IDictionary<string, object>;
+            if (dictionary != null)
+            {
+                WriteMembers(builder, dictionary);
+                return;
+            }
+            var sequence = value as IEnumerable;
+            if (sequence != null)
+            {
+                builder.Append('[');
+                var first = true;
+                foreach (var item in sequence)
+                {
+                    if (!first)
+                    {
+                        builder.Append(',');
+                    }
+                    first = false;
+                    WriteValue(builder, item);
+                }
+                builder.Append(']');
+                return;
+            }
+            throw new ArgumentException("cannot write a " + value.GetType().FullName + " as JSON");
+        }
+
+        private static void WriteMembers(StringBuilder builder, IEnumerable<KeyValuePair<string, object>> members)
+        {
+            builder.Append('{');
+            var first = true;
+            foreach (var member in members)
+            {
+                if (!first)
+                {
+                    builder.Append(',');
+                }
+                first = false;
+                WriteString(builder, member.Key);
+                builder.Append(':');
+                WriteValue(builder, member.Value);
+            }
+            builder.Append('}');
+        }
+
+        /// <summary>RFC 8259 string escaping: quote, backslash and every control character.</summary>
+        public static void WriteString(StringBuilder builder, string text)
+        {
+            builder.Append('"');
+            foreach (var c in text)
+            {
+                switch (c)
+                {
+                    case '"': builder.Append("\\\""); break;
+                    case '\\': builder.Append("\\\\"); break;
+                    case '\n': builder.Append("\\n"); break;
+                    case '\r': builder.Append("\\r"); break;
+                    case '\t': builder.Append("\\t"); break;
+                    case '\b': builder.Append("\\b"); break;
+                    case '\f': builder.Append("\\f"); break;
+                    default:
+                        // Also escape U+2028/2029 so the text stays valid in JavaScript hosts.
+                        if (c < 0x20 || c == '\u2028' || c == '\u2029')
+                        {
+                            builder.Append("\\u").Append(((int)c).ToString("x4", CultureInfo.InvariantCulture));
+                        }
+                        else
+                        {
+                            builder.Append(c);
+                        }
+                        break;
+                }
+            }
+            builder.Append('"');
+        }
+
+        /// <summary>Parses one JSON value; throws FormatException with the offset on bad input.</summary>
+        public static object Parse(string text)
+        {
+            if (text == null)
+            {
+                throw new ArgumentNullException("text");
+            }
+            var reader = new Reader(text);
+            reader.SkipWhitespace();
+            var value = reader.ReadValue(0);
+            reader.SkipWhitespace();
+            if (!reader.AtEnd)
+            {
+                throw reader.Error("unexpected text after the JSON value");
+            }
+            return value;
+        }
+
+        public static Dictionary<string, object> ParseObject(string text)
+        {
+            var value = Parse(text) as Dictionary<string, object>;
+            if (value == null)
+            {
+                throw new FormatException("expected a JSON object");
+            }
+            return value;
+        }
+
+        // Typed accessors for parsed objects: missing or mistyped members give the fallback.
+
+        public static object Get(IDictionary<string, object> obj, string name)
+        {
+            object value;
+            return obj != null && obj.TryGetValue(name, out value) ? value : null;
+        }
+
+        public static string GetString(IDictionary<string, object> obj, string name)
+        {
+            return Get(obj, name) as string;
+        }
+
+        public static bool GetBool(IDictionary<string, object> obj, string name, bool fallback)
+        {
+            var value = Get(obj, name);
+            return value is bool ? (bool)value : fallback;
+        }
+
+        public static double? GetDouble(IDictionary<string, object> obj, string name)
+        {
+            var value = Get(obj, name);
+            if (value is long)
+            {
+                return (long)value;
+            }
+            if (value is double)
+            {
+                return (double)value;
+            }
+            if (value is ulong)
+            {
+                return (ulong)value;
+            }
+            return null;
+        }
+
+        public static long? GetLong(IDictionary<string, object> obj, string name)
+        {
+            var value = Get(obj, name);
+            if (value is long)
+            {
+                return (long)value;
+            }
+            if (value is ulong)
+            {
+                var large = (ulong)value;
+                return large <= long.MaxValue ? (long?)large : null;
+            }
+            if (value is double)
+            {
+                var number = (double)value;
+                if (number >= long.MinValue && number <= long.MaxValue)
+                {
+                    return (long)number;
+                }
+            }
+            return null;
+        }
+
+        public static Dictionary<string, object> GetObject(IDictionary<string, object> obj, string name)
+        {
+            return Get(obj, name) as Dictionary<string, object>;
+        }
+
+        public static List<object> GetArray(IDictionary<string, object> obj, string name)
+        {
+            return Get(obj, name) as List<object>;
+        }
+
+        private sealed class Reader
+        {
+            private const int MaxDepth = 256;
+            private readonly string _text;
+            private int _position;
+
+            public Reader(string text)
+            {
+                _text = text;
+            }
+
+            public bool AtEnd
+            {
+                get { return _position >= _text.Length; }
+            }
+
+            public FormatException Error(string message)
+            {
+                return new FormatException("invalid JSON at offset " + _position.ToString(CultureInfo.InvariantCulture) + ": " + message);
+            }
+
+            public void SkipWhitespace()
+            {
+                while (_position < _text.Length)
+                {
+                    var c = _text[_position];
+                    if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+                    {
+                        break;
+                    }
+                    _position++;
+                }
+            }
+
+            public object ReadValue(int depth)
+            {
+                if (depth > MaxDepth)
+                {
+                    throw Error("nested too deeply");
+                }
+                if (AtEnd)
+                {
+                    throw Error("unexpected end of input");
+                }
+                var c = _text[_position];
+                switch (c)
+                {
+                    case '{': return ReadObject(depth);
+                    case '[': return ReadArray(depth);
+                    case '"': return ReadString();
+                    case 't': ExpectWord("true"); return true;
+                    case 'f': ExpectWord("false"); return false;
+                    case 'n': ExpectWord("null"); return null;
+                    default:
+                        if (c == '-' || (c >= '0' && c <= '9'))
+                        {
+                            return ReadNumber();
+                        }
+                        throw Error("unexpected character '" + c + "'");
+                }
+            }
+
+            private void ExpectWord(string word)
+            {
+                if (string.CompareOrdinal(_text, _position, word, 0, word.Length) != 0)
+                {
+                    throw Error("expected " + word);
+                }
+                _position += word.Length;
+            }
+
+            private void Expect(char c)
+            {
+                if (AtEnd || _text[_position] != c)
+                {
+                    throw Error("expected '" + c + "'");
+                }
+                _position++;
+            }
+
+            private Dictionary<string, object> ReadObject(int depth)
+            {
+                var result = new Dictionary<string, object>(StringComparer.Ordinal);
+                Expect('{');
+                SkipWhitespace();
+                if (!AtEnd && _text[_position] == '}')
+                {
+                    _position++;
+                    return result;
+                }
+                while (true)
+                {
+                    SkipWhitespace();
+                    if (AtEnd || _text[_position] != '"')
+                    {
+                        throw Error("expected a member name");
+                    }
+                    var name = ReadString();
+                    SkipWhitespace();
+                    Expect(':');
+                    SkipWhitespace();
+                    result[name] = ReadValue(depth + 1);
+                    SkipWhitespace();
+                    if (AtEnd)
+                    {
+                        throw Error("unterminated object");
+                    }
+                    if (_text[_position] == ',')
+                    {
+                        _position++;
+                        continue;
+                    }
+                    Expect('}');
+                    return result;
+                }
+            }
+
+            private List<object> ReadArray(int depth)
+            {
+                var result = new List<object>();
+                Expect('[');
+                SkipWhitespace();
+                if (!AtEnd && _text[_position] == ']')
+                {
+                    _position++;
+                    return result;
+                }
+                while (true)
+                {
+                    SkipWhitespace();
+                    result.Add(ReadValue(depth + 1));
+                    SkipWhitespace();
+                    if (AtEnd)
+                    {
+                        throw Error("unterminated array");
+                    }
+                    if (_text[_position] == ',')
+                    {
+                        _position++;
+                        continue;
+                    }
+                    Expect(']');
+                    return result;
+                }
+            }
+
+            private string ReadString()
+            {
+                Expect('"');
+                var builder = new StringBuilder();
+                while (true)
+                {
+                    if (AtEnd)
+                    {
+                        throw Error("unterminated string");
+                    }
+                    var c = _text[_position++];
+                    if (c == '"')
+                    {
+                        return builder.ToString();
+                    }
+                    if (c != '\\')
+                    {
+                        if (c < 0x20)
+                        {
+                            throw Error("control character in string");
+                        }
+                        builder.Append(c);
+                        continue;
+                    }
+                    if (AtEnd)
+                    {
+                        throw Error("unterminated escape");
+                    }
+                    var escape = _text[_position++];
+                    switch (escape)
+                    {
+                        case '"': builder.Append('"'); break;
+                        case '\\': builder.Append('\\'); break;
+                        case '/': builder.Append('/'); break;
+                        case 'b': builder.Append('\b'); break;
+                        case 'f': builder.Append('\f'); break;
+                        case 'n': builder.Append('\n'); break;
+                        case 'r': builder.Append('\r'); break;
+                        case 't': builder.Append('\t'); break;
+                        case 'u':
+                            if (_position + 4 > _text.Length)
+                            {
+                                throw Error("short \\u escape");
+                            }
+                            int code;
+                            if (!int.TryParse(_text.Substring(_position, 4), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out code))
+                            {
+                                throw Error("bad \\u escape");
+                            }
+                            builder.Append((char)code);
+                            _position += 4;
+                            break;
+                        default:
+                            throw Error("unknown escape '\\" + escape + "'");
+                    }
+                }
+            }
+
+            private object ReadNumber()
+            {
+                var start = _position;
+                var isInteger = true;
+                if (_text[_position] == '-')
+                {
+                    _position++;
+                }
+                while (_position < _text.Length)
+                {
+                    var c = _text[_position];
+                    if (c >= '0' && c <= '9')
+                    {
+                        _position++;
+                    }
+                    else if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')
+                    {
+                        isInteger = false;
+                        _position++;
+                    }
+                    else
+                    {
+                        break;
+                    }
+                }
+                var token = _text.Substring(start, _position - start);
+                long integer;
+                if (isInteger && long.TryParse(token, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out integer))
+                {
+                    return integer;
+                }
+                ulong large;
+                if (isInteger && ulong.TryParse(token, NumberStyles.None, CultureInfo.InvariantCulture, out large))
+                {
+                    return large;
+                }
+                double number;
+                if (double.TryParse(token, NumberStyles.Float, CultureInfo.InvariantCulture, out number))
+                {
+                    return number;
+                }
+                throw Error("bad number '" + token + "'");
+            }
+        }
+    }
+}

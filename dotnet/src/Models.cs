@@ -1,0 +1,249 @@
+// The seed's request and response model (DeviceOperations.Models.Enhanced), the engine
+// configuration, and the managed progress report.
+
+using System;
+using System.Collections.Generic;
+
+namespace DeviceOperations.Sdxl
+{
+    /// <summary>The seed's EnhancedSDXLRequest: what a C# caller asks for.</summary>
+    public class EnhancedSDXLRequest
+    {
+        public ConditioningConfiguration Conditioning { get; set; }
+        public ModelConfiguration Model { get; set; }
+        public SchedulerConfiguration Scheduler { get; set; }
+        public HyperparametersConfiguration Hyperparameters { get; set; }
+        public OutputConfiguration Output { get; set; }
+        public List<PostProcessingStep> PostProcessing { get; set; }
+    }
+
+    public class ConditioningConfiguration
+    {
+        public string Prompt { get; set; }
+        public string NegativePrompt { get; set; }
+        public List<LoRAConfiguration> LoRAs { get; set; }
+        public List<ControlNetConfiguration> ControlNets { get; set; }
+    }
+
+    public class LoRAConfiguration
+    {
+        /// <summary>Path of the adapter file; its file name without extension is sent as the name.</summary>
+        public string ModelPath { get; set; }
+        public double Weight { get; set; } = 1.0;
+    }
+
+    public class ControlNetConfiguration
+    {
+        /// <summary>Path of the ControlNet; its type (canny, depth, ...) is inferred from the file name.</summary>
+        public string ModelPath { get; set; }
+        public double Weight { get; set; } = 1.0;
+        /// <summary>Path or base64 of the conditioning image.</summary>
+        public string ConditioningImage { get; set; }
+    }
+
+    public class ModelConfiguration
+    {
+        /// <summary>Model name or path (e.g. "builtin:tiny", a diffusers folder, a .safetensors file).</summary>
+        public string Base { get; set; }
+        public string Refiner { get; set; }
+        public string Vae { get; set; }
+    }
+
+    public class SchedulerConfiguration
+    {
+        /// <summary>The C# enum name (DPMSolverMultistep, DDIM, EulerDiscrete, ...).</summary>
+        public string Type { get; set; }
+        public int? Steps { get; set; }
+        public double? GuidanceScale { get; set; }
+    }
+
+    public class HyperparametersConfiguration
+    {
+        /// <summary>-1 (or null) for a random seed.</summary>
+        public long? Seed { get; set; }
+        public double? Strength { get; set; }
+        public int? Width { get; set; }
+        public int? Height { get; set; }
+        public int? BatchSize { get; set; }
+    }
+
+    public class OutputConfiguration
+    {
+        public string Format { get; set; }
+        public int? Quality { get; set; }
+        /// <summary>Relative to the engine's output_dir.</summary>
+        public string SavePath { get; set; }
+    }
+
+    public class PostProcessingStep
+    {
+        /// <summary>"Upscale" is the only type the transformer maps.</summary>
+        public string Type { get; set; }
+        public double Factor { get; set; } = 2.0;
+        public string Model { get; set; }
+    }
+
+    /// <summary>The seed's EnhancedSDXLResponse, plus the native error code and field paths.</summary>
+    public class EnhancedSDXLResponse
+    {
+        public EnhancedSDXLResponse()
+        {
+            FieldErrors = new List<SdxlFieldError>();
+            Images = new List<GeneratedImage>();
+            Warnings = new List<string>();
+        }
+
+        public bool Success { get; set; }
+        public string Error { get; set; }
+        /// <summary>Stable name, e.g. "VALIDATION_ERROR", "CANCELLED"; null on success.</summary>
+        public string ErrorCode { get; set; }
+        /// <summary>The same code as a number (SDXL_ERR_*); null on success.</summary>
+        public int? ErrorNumber { get; set; }
+        public List<SdxlFieldError> FieldErrors { get; set; }
+        public List<GeneratedImage> Images { get; set; }
+        public GenerationMetrics Metrics { get; set; }
+        public List<string> Warnings { get; set; }
+        public string RequestId { get; set; }
+        /// <summary>Seconds the engine spent on the request.</summary>
+        public double ExecutionTime { get; set; }
+
+        /// <summary>Throws the failure as an SdxlException (with its code and field errors).</summary>
+        public EnhancedSDXLResponse EnsureSuccess()
+        {
+            if (!Success)
+            {
+                throw NativeResult.FromResponse(this);
+            }
+            return this;
+        }
+    }
+
+    public class GeneratedImage
+    {
+        public string Path { get; set; }
+        public long Seed { get; set; }
+        public int Width { get; set; }
+        public int Height { get; set; }
+        public string Format { get; set; }
+    }
+
+    public class GenerationMetrics
+    {
+        /// <summary>Seconds.</summary>
+        public double TotalTime { get; set; }
+        /// <summary>Seconds of text encoding, denoising and decoding.</summary>
+        public double InferenceTime { get; set; }
+        public string DeviceName { get; set; }
+        /// <summary>Bytes held by loaded models on the device.</summary>
+        public long MemoryUsed { get; set; }
+        public long UnetCalls { get; set; }
+        public double IterationsPerSecond { get; set; }
+        /// <summary>base_model, scheduler, dtype, ... as the engine reported them.</summary>
+        public IDictionary<string, object> ModelInfo { get; set; }
+    }
+
+    /// <summary>The pipeline stage a progress report belongs to (SdxlProgress.stage).</summary>
+    public enum SdxlStage
+    {
+        Encode = 0,
+        Denoise = 1,
+        Decode = 2,
+        Upscale = 3,
+        Save = 4,
+    }
+
+    /// <summary>One progress report, copied out of the native struct.</summary>
+    public sealed class SdxlProgress
+    {
+        public string RequestId { get; set; }
+        public SdxlStage Stage { get; set; }
+        public int ImageIndex { get; set; }
+        public int Step { get; set; }
+        public int TotalSteps { get; set; }
+        public int ModelCalls { get; set; }
+        public TimeSpan Elapsed { get; set; }
+
+        public override string ToString()
+        {
+            return RequestId + " " + Stage + " image " + ImageIndex + " step " + Step + "/" + TotalSteps;
+        }
+    }
+
+    /// <summary>Validation ranges of an engine; null keeps the engine's default (the seed's).</summary>
+    public class SdxlLimits
+    {
+        public int? MinSize { get; set; }
+        public int? MaxSize { get; set; }
+        public int? SizeMultiple { get; set; }
+        public int? MinSteps { get; set; }
+        public int? MaxSteps { get; set; }
+        public double? MinGuidance { get; set; }
+        public double? MaxGuidance { get; set; }
+        public int? MaxBatch { get; set; }
+        public double? MaxLoraWeight { get; set; }
+
+        internal JsonObject ToJsonObject()
+        {
+            return new JsonObject()
+                .Add("min_size", MinSize)
+                .Add("max_size", MaxSize)
+                .Add("size_multiple", SizeMultiple)
+                .Add("min_steps", MinSteps)
+                .Add("max_steps", MaxSteps)
+                .Add("min_guidance", MinGuidance)
+                .Add("max_guidance", MaxGuidance)
+                .Add("max_batch", MaxBatch)
+                .Add("max_lora_weight", MaxLoraWeight);
+        }
+    }
+
+    /// <summary>The JSON config of sdxl_create; null members keep the engine's defaults.</summary>
+    public class SdxlEngineConfig
+    {
+        /// <summary>"cpu", "cuda", "cuda:N" or "auto".</summary>
+        public string Device { get; set; }
+        /// <summary>"float32", "float16" or "bfloat16".</summary>
+        public string Dtype { get; set; }
+        public string VaeDtype { get; set; }
+        public string ModelsDir { get; set; }
+        /// <summary>Every saved image stays under this folder.</summary>
+        public string OutputDir { get; set; }
+        public SdxlLimits Limits { get; set; }
+        /// <summary>"vectorized" (default) or "scalar".</summary>
+        public string TorchCpuKernel { get; set; }
+        public int? MaxLoadedModels { get; set; }
+
+        public SdxlEngineConfig Clone()
+        {
+            var copy = (SdxlEngineConfig)MemberwiseClone();
+            return copy;
+        }
+
+        public string ToJson()
+        {
+            return new JsonObject()
+                .Add("device", Device)
+                .Add("dtype", Dtype)
+                .Add("vae_dtype", VaeDtype)
+                .Add("models_dir", ModelsDir)
+                .Add("output_dir", OutputDir)
+                .Add("limits", Limits == null ? null : Limits.ToJsonObject())
+                .Add("torch_cpu_kernel", TorchCpuKernel)
+                .Add("max_loaded_models", MaxLoadedModels)
+                .ToString();
+        }
+    }
+
+    /// <summary>sdxl_status_json, parsed.</summary>
+    public sealed class SdxlEngineStatus
+    {
+        public string Version { get; set; }
+        public string DeviceName { get; set; }
+        public string Dtype { get; set; }
+        public List<string> LoadedModels { get; set; }
+        public long RequestsServed { get; set; }
+        public string LastError { get; set; }
+        /// <summary>The status JSON as the engine returned it.</summary>
+        public string RawJson { get; set; }
+    }
+}

@@ -1,0 +1,327 @@
+// One native engine (one device, its loaded models, its request queue) behind a SafeHandle.
+// Native calls block, so every call runs on Task.Run. Requests on one engine run one at a
+// time inside libsdxl; progress and cancellation go through one progress callback
+// registered for the engine's lifetime.
+
+using System;
+using System.Collections.Concurrent;
+using System.Collections.Generic;
+using System.Runtime.InteropServices;
+using System.Threading;
+using System.Threading.Tasks;
+using DeviceOperations.Sdxl.Native;
+
+namespace DeviceOperations.Sdxl
+{
+    /// <summary>What SdxlNativeService sends requests to: one engine or a pool of them.</summary>
+    public interface ISdxlGenerator
+    {
+        /// <summary>Runs one request JSON (envelope or bare) and returns the response JSON.</summary>
+        Task<string> GenerateJsonAsync(string requestJson, IProgress<SdxlProgress> progress, CancellationToken cancellationToken);
+    }
+
+    public sealed class SdxlEngine : ISdxlGenerator, IDisposable
+    {
+        /// <summary>Progress and cancellation state of one request in flight.</summary>
+        private sealed class RequestState
+        {
+            public string RequestId;
+            public IProgress<SdxlProgress> Progress;
+            public CancellationToken Token;
+            public volatile bool Cancelled;
+            public volatile bool Running;
+        }
+
+        // The callback runs on the thread that called sdxl_generate_json (libsdxl runs the
+        // request on the caller's thread), so the thread's current request is found here;
+        // the request-id map is the fallback should the library ever call from elsewhere.
+        [ThreadStatic]
+        private static RequestState t_current;
+
+        private readonly SdxlEngineHandle _handle;
+        private readonly SdxlNative.SdxlProgressCallback _progressCallback;
+        private readonly ConcurrentDictionary<string, RequestState> _inFlight = new ConcurrentDictionary<string, RequestState>(StringComparer.Ordinal);
+        private readonly EnhancedRequestTransformer _transformer = new EnhancedRequestTransformer();
+        private readonly EnhancedResponseHandler _responseHandler = new EnhancedResponseHandler();
+        private int _busy;
+
+        private SdxlEngine(SdxlEngineHandle handle, SdxlEngineConfig config)
+        {
+            _handle = handle;
+            Config = config;
+            _progressCallback = OnNativeProgress;
+            // The handle holds the delegate too, so it outlives a deferred sdxl_free.
+            _handle.ProgressCallback = _progressCallback;
+            using (var lease = _handle.Acquire())
+            {
+                NativeResult.Check(SdxlNative.sdxl_set_progress_callback(lease.Pointer, _progressCallback, IntPtr.Zero), "sdxl_set_progress_callback");
+            }
+        }
+
+        /// <summary>The configuration the engine was created with (null for defaults).</summary>
+        public SdxlEngineConfig Config { get; private set; }
+
+        /// <summary>Requests currently submitted to this engine (running or queued).</summary>
+        public int PendingRequests
+        {
+            get { return Volatile.Read(ref _busy); }
+        }
+
+        public SdxlEngineHandle Handle
+        {
+            get { return _handle; }
+        }
+
+        /// <summary>The version of the libsdxl actually loaded.</summary>
+        public static string NativeVersion
+        {
+            get { return NativeResult.Invoke(() => SdxlNative.PtrToStringUtf8(SdxlNative.sdxl_version())); }
+        }
+
+        /// <summary>Creates an engine; throws SdxlException (e.g. VALIDATION_ERROR for a bad
+        /// config, DEVICE_ERROR for a missing GPU).</summary>
+        public static SdxlEngine Create(SdxlEngineConfig config)
+        {
+            var json = config == null ? string.Empty : config.ToJson();
+            return NativeResult.Invoke(() =>
+            {
+                var pointer = NativeResult.CheckPointer(SdxlNative.sdxl_create(SdxlNative.ToUtf8Z(json)), "sdxl_create");
+                var handle = new SdxlEngineHandle(pointer);
+                try
+                {
+                    return new SdxlEngine(handle, config);
+                }
+                catch
+                {
+                    handle.Dispose();
+                    throw;
+                }
+            });
+        }
+
+        /// <summary>Loads a model and keeps it resident ("builtin:tiny", a diffusers folder,
+        /// a .safetensors file or a name under models_dir). Not interruptible once started.</summary>
+        public Task LoadModelAsync(string baseModel, CancellationToken cancellationToken = default(CancellationToken))
+        {
+            if (string.IsNullOrWhiteSpace(baseModel))
+            {
+                throw new ArgumentException("a model name or path is required", "baseModel");
+            }
+            var json = new JsonObject().Add("base", baseModel).ToString();
+            return Task.Run(() =>
+            {
+                using (var lease = _handle.Acquire())
+                {
+                    NativeResult.Check(SdxlNative.sdxl_load_model(lease.Pointer, SdxlNative.ToUtf8Z(json)), "sdxl_load_model(" + baseModel + ")");
+                }
+            }, cancellationToken);
+        }
+
+        /// <summary>Generates images for the seed's request. Request failures (validation,
+        /// cancellation, a missing model) come back as Success=false with ErrorCode and
+        /// FieldErrors; only a disposed engine or a missing libsdxl throws.</summary>
+        public async Task<EnhancedSDXLResponse> GenerateAsync(EnhancedSDXLRequest request, IProgress<SdxlProgress> progress = null, CancellationToken cancellationToken = default(CancellationToken))
+        {
+            if (request == null)
+            {
+                throw new ArgumentNullException("request");
+            }
+            var requestId = Guid.NewGuid().ToString();
+            var json = _transformer.TransformEnhancedSDXLRequest(request, requestId);
+            var responseJson = await RunAsync(json, requestId, progress, cancellationToken).ConfigureAwait(false);
+            return _responseHandler.HandleEnhancedResponse(responseJson, requestId);
+        }
+
+        /// <summary>Runs a raw request JSON (an inference_request / status_request /
+        /// model_load_request envelope, or a bare request) and returns the response JSON.</summary>
+        public Task<string> GenerateJsonAsync(string requestJson, CancellationToken cancellationToken = default(CancellationToken))
+        {
+            return GenerateJsonAsync(requestJson, null, cancellationToken);
+        }
+
+        public Task<string> GenerateJsonAsync(string requestJson, IProgress<SdxlProgress> progress, CancellationToken cancellationToken)
+        {
+            if (requestJson == null)
+            {
+                throw new ArgumentNullException("requestJson");
+            }
+            return RunAsync(requestJson, FindRequestId(requestJson), progress, cancellationToken);
+        }
+
+        /// <summary>The engine's status (device, loaded models, requests served, last error).</summary>
+        public Task<SdxlEngineStatus> GetStatusAsync(CancellationToken cancellationToken = default(CancellationToken))
+        {
+            return Task.Run(() =>
+            {
+                string json;
+                using (var lease = _handle.Acquire())
+                {
+                    json = NativeResult.TakeString(SdxlNative.sdxl_status_json(lease.Pointer), "sdxl_status_json");
+                }
+                var root = Json.ParseObject(json);
+                var models = new List<string>();
+                foreach (var item in Json.GetArray(root, "loaded_models") ?? new List<object>())
+                {
+                    var name = Json.GetString(item as Dictionary<string, object>, "name");
+                    if (name != null)
+                    {
+                        models.Add(name);
+                    }
+                }
+                return new SdxlEngineStatus
+                {
+                    Version = Json.GetString(root, "version"),
+                    DeviceName = Json.GetString(root, "device_name"),
+                    Dtype = Json.GetString(root, "dtype"),
+                    LoadedModels = models,
+                    RequestsServed = Json.GetLong(root, "requests_served") ?? 0,
+                    LastError = Json.GetString(root, "last_error"),
+                    RawJson = json,
+                };
+            }, cancellationToken);
+        }
+
+        public void Dispose()
+        {
+            // sdxl_free runs now, or when the last running call releases the handle.
+            _handle.Dispose();
+        }
+
+        private Task<string> RunAsync(string json, string requestId, IProgress<SdxlProgress> progress, CancellationToken cancellationToken)
+        {
+            if (_handle.IsClosed)
+            {
+                throw new ObjectDisposedException("SdxlEngine");
+            }
+            var state = new RequestState { RequestId = requestId, Progress = progress, Token = cancellationToken };
+            Interlocked.Increment(ref _busy);
+            return Task.Run(() =>
+            {
+                var registered = requestId != null && _inFlight.TryAdd(requestId, state);
+                try
+                {
+                    using (cancellationToken.Register(() => Cancel(state)))
+                    {
+                        if (cancellationToken.IsCancellationRequested)
+                        {
+                            return EnhancedResponseHandler.FailureJson(requestId, SdxlErrorCode.Cancelled, "cancelled");
+                        }
+                        var bytes = SdxlNative.ToUtf8Z(json);
+                        using (var lease = _handle.Acquire())
+                        {
+                            t_current = state;
+                            try
+                            {
+                                return NativeResult.TakeString(SdxlNative.sdxl_generate_json(lease.Pointer, bytes), "sdxl_generate_json");
+                            }
+                            finally
+                            {
+                                t_current = null;
+                                state.Running = false;
+                            }
+                        }
+                    }
+                }
+                finally
+                {
+                    if (registered)
+                    {
+                        RequestState removed;
+                        _inFlight.TryRemove(requestId, out removed);
+                    }
+                    Interlocked.Decrement(ref _busy);
+                }
+            });
+        }
+
+        /// <summary>CancellationToken → the request. The callback refuses to continue once the
+        /// token is cancelled; sdxl_cancel stops it sooner, but it targets whatever runs on the
+        /// engine, so it is only sent while this request is known to be the one running.</summary>
+        private void Cancel(RequestState state)
+        {
+            state.Cancelled = true;
+            if (!state.Running)
+            {
+                return;
+            }
+            try
+            {
+                using (var lease = _handle.Acquire())
+                {
+                    SdxlNative.sdxl_cancel(lease.Pointer);
+                }
+            }
+            catch (ObjectDisposedException)
+            {
+                // The engine is gone; nothing to cancel.
+            }
+        }
+
+        /// <summary>Native → managed progress. Must never throw into native code.</summary>
+        private bool OnNativeProgress(IntPtr progressPointer, IntPtr userData)
+        {
+            try
+            {
+                if (progressPointer == IntPtr.Zero)
+                {
+                    return true;
+                }
+                var raw = (SdxlNative.SdxlProgress)Marshal.PtrToStructure(progressPointer, typeof(SdxlNative.SdxlProgress));
+                var requestId = SdxlNative.PtrToStringUtf8(raw.request_id);
+                var state = t_current;
+                if (state == null && requestId != null)
+                {
+                    _inFlight.TryGetValue(requestId, out state);
+                }
+                if (state == null)
+                {
+                    return true;
+                }
+                state.Running = true;
+                if (state.Cancelled || state.Token.IsCancellationRequested)
+                {
+                    return false;
+                }
+                if (state.Progress != null)
+                {
+                    state.Progress.Report(new SdxlProgress
+                    {
+                        RequestId = requestId,
+                        Stage = (SdxlStage)raw.stage,
+                        ImageIndex = (int)raw.image_index,
+                        Step = (int)raw.step,
+                        TotalSteps = (int)raw.total_steps,
+                        ModelCalls = (int)raw.model_calls,
+                        Elapsed = TimeSpan.FromMilliseconds(raw.elapsed_ms),
+                    });
+                }
+                // A handler may have cancelled the token while reporting.
+                return !(state.Cancelled || state.Token.IsCancellationRequested);
+            }
+            catch (Exception)
+            {
+                // An exception in a progress handler must not unwind through native frames.
+                return true;
+            }
+        }
+
+        /// <summary>The request id of a raw request JSON, when it names one.</summary>
+        private static string FindRequestId(string requestJson)
+        {
+            try
+            {
+                var root = Json.ParseObject(requestJson);
+                var id = Json.GetString(root, "request_id");
+                if (id == null)
+                {
+                    id = Json.GetString(Json.GetObject(Json.GetObject(root, "data"), "metadata"), "request_id");
+                }
+                return id;
+            }
+            catch (FormatException)
+            {
+                return null;
+            }
+        }
+    }
+}

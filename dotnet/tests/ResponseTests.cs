@@ -1,0 +1,102 @@
+// EnhancedResponseHandler against the engine's response shape (src/api/response.rs).
+
+using System.Linq;
+
+namespace DeviceOperations.Sdxl.Tests
+{
+    internal static class ResponseTests
+    {
+        internal const string SuccessJson =
+            "{\"request_id\":\"r-1\",\"success\":true,\"data\":{\"generated_images\":[" +
+            "{\"path\":\"/out/outputs/r-1_0_42.png\",\"seed\":42,\"width\":1024,\"height\":768,\"format\":\"png\"}," +
+            "{\"path\":\"/out/outputs/r-1_1_43.png\",\"seed\":43,\"width\":1024,\"height\":768,\"format\":\"png\"}]," +
+            "\"processing_metrics\":{\"total_time\":12.5,\"inference_time\":11.25,\"device_name\":\"cuda:0 (NVIDIA H100)\",\"memory_used\":6938000000," +
+            "\"model_info\":{\"base_model\":\"sdxl-base\",\"scheduler\":\"EulerDiscreteScheduler\",\"refiner_model\":null,\"loaded_loras\":[]}," +
+            "\"stage_times\":{\"text_encode\":0.1,\"denoise\":10.0,\"decode\":1.15,\"save\":0.2},\"unet_calls\":50,\"iterations_per_second\":2.5}}," +
+            "\"error\":null,\"error_code\":null,\"error_number\":null,\"field_errors\":[],\"warnings\":[\"precision.dtype float32 ignored\"]," +
+            "\"execution_time\":12.6,\"timestamp\":1732700000.5}";
+
+        internal const string ValidationJson =
+            "{\"request_id\":\"r-2\",\"success\":false,\"data\":null," +
+            "\"error\":\"validation failed: hyperparameters.num_inference_steps: Invalid steps: 0. Must be 1-150; scheduler: unknown scheduler 'x'\"," +
+            "\"error_code\":\"VALIDATION_ERROR\",\"error_number\":-3,\"field_errors\":[" +
+            "{\"field\":\"hyperparameters.num_inference_steps\",\"message\":\"Invalid steps: 0. Must be 1-150\"}," +
+            "{\"field\":\"scheduler\",\"message\":\"unknown scheduler 'x'\"}],\"warnings\":[],\"execution_time\":0.001,\"timestamp\":1732700000.5}";
+
+        public static void Register(TestRunner runner)
+        {
+            runner.Add("response_success_maps_images_metrics_and_warnings", () =>
+            {
+                var response = new EnhancedResponseHandler().HandleEnhancedResponse(SuccessJson, "fallback");
+                Assert.Equal(true, response.Success, "Success");
+                Assert.Equal("r-1", response.RequestId, "RequestId");
+                Assert.Equal(null, response.Error, "Error");
+                Assert.Equal(null, response.ErrorCode, "ErrorCode");
+                Assert.Equal(2, response.Images.Count, "image count");
+                var image = response.Images[1];
+                Assert.Equal("/out/outputs/r-1_1_43.png", image.Path, "Path");
+                Assert.Equal(43L, image.Seed, "Seed");
+                Assert.Equal(1024, image.Width, "Width");
+                Assert.Equal(768, image.Height, "Height");
+                Assert.Equal("png", image.Format, "Format");
+                Assert.Equal(12.5, response.Metrics.TotalTime, "TotalTime");
+                Assert.Equal(11.25, response.Metrics.InferenceTime, "InferenceTime");
+                Assert.Equal("cuda:0 (NVIDIA H100)", response.Metrics.DeviceName, "DeviceName");
+                Assert.Equal(6938000000L, response.Metrics.MemoryUsed, "MemoryUsed");
+                Assert.Equal(50L, response.Metrics.UnetCalls, "UnetCalls");
+                Assert.Equal("EulerDiscreteScheduler", response.Metrics.ModelInfo["scheduler"] as string, "ModelInfo.scheduler");
+                Assert.SequenceEqual(new[] { "precision.dtype float32 ignored" }, response.Warnings, "Warnings");
+                Assert.Equal(12.6, response.ExecutionTime, "ExecutionTime");
+                response.EnsureSuccess();
+            });
+
+            runner.Add("response_error_maps_code_and_field_errors", () =>
+            {
+                var response = new EnhancedResponseHandler().HandleEnhancedResponse(ValidationJson, "fallback");
+                Assert.Equal(false, response.Success, "Success");
+                Assert.Equal("r-2", response.RequestId, "RequestId");
+                Assert.Contains("Invalid steps: 0", response.Error, "Error");
+                Assert.Equal("VALIDATION_ERROR", response.ErrorCode, "ErrorCode");
+                Assert.Equal(-3, response.ErrorNumber.Value, "ErrorNumber");
+                Assert.SequenceEqual(new[] { "hyperparameters.num_inference_steps", "scheduler" }, response.FieldErrors.Select(f => f.Field), "fields");
+                Assert.Equal("unknown scheduler 'x'", response.FieldErrors[1].Message, "message");
+                Assert.Equal(0, response.Images.Count, "no images");
+                Assert.Equal(null, response.Metrics, "no metrics");
+                var ex = Assert.Throws<SdxlException>(() => response.EnsureSuccess(), "EnsureSuccess");
+                Assert.Equal(-3, ex.Code, "exception code");
+                Assert.Equal("VALIDATION_ERROR", ex.CodeName, "exception code name");
+                Assert.Equal(2, ex.FieldErrors.Count, "exception field errors");
+            });
+
+            runner.Add("response_without_error_number_or_from_the_seed_python_worker_still_maps", () =>
+            {
+                var cancelled = new EnhancedResponseHandler().HandleEnhancedResponse(
+                    "{\"request_id\":\"r-3\",\"success\":false,\"error\":\"cancelled\",\"error_code\":\"CANCELLED\"}", "x");
+                Assert.Equal(-9, cancelled.ErrorNumber.Value, "number from the name");
+                var seedStyle = new EnhancedResponseHandler().HandleEnhancedResponse(
+                    "{\"request_id\":\"r-4\",\"success\":false,\"error\":\"Processing failed: boom\",\"data\":null,\"warnings\":[],\"execution_time\":0.0,\"timestamp\":1.0}", "x");
+                Assert.Equal("INTERNAL_ERROR", seedStyle.ErrorCode, "code of a seed-style error");
+                Assert.Equal("Processing failed: boom", seedStyle.Error, "seed-style error text");
+            });
+
+            runner.Add("response_that_is_not_json_becomes_an_invalid_json_failure", () =>
+            {
+                var response = new EnhancedResponseHandler().HandleEnhancedResponse("not json", "r-5");
+                Assert.Equal(false, response.Success, "Success");
+                Assert.Equal("INVALID_JSON", response.ErrorCode, "ErrorCode");
+                Assert.Equal("r-5", response.RequestId, "RequestId falls back to ours");
+                Assert.Contains("Invalid response from the native engine", response.Error, "Error");
+            });
+
+            runner.Add("error_code_names_match_the_native_numbers", () =>
+            {
+                Assert.Equal("VALIDATION_ERROR", SdxlErrorCode.Name(-3), "-3");
+                Assert.Equal("CANCELLED", SdxlErrorCode.Name(-9), "-9");
+                Assert.Equal("INTERNAL_ERROR", SdxlErrorCode.Name(-13), "-13");
+                Assert.Equal(-10, SdxlErrorCode.FromName("TIMEOUT"), "TIMEOUT");
+                Assert.Equal(-3, SdxlErrorCode.FromMessage("validation failed: device: 'tpu' is not cpu"), "from a create message");
+                Assert.Equal(-7, SdxlErrorCode.FromMessage("device error: no CUDA"), "device message");
+            });
+        }
+    }
+}

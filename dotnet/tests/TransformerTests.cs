@@ -1,0 +1,302 @@
+// The seed's EnhancedRequestTransformer mapping, read back from the JSON it writes.
+
+using System.Collections.Generic;
+using System.Linq;
+
+namespace DeviceOperations.Sdxl.Tests
+{
+    internal static class TransformerTests
+    {
+        internal static EnhancedSDXLRequest Minimal()
+        {
+            return new EnhancedSDXLRequest
+            {
+                Conditioning = new ConditioningConfiguration { Prompt = "a lighthouse at dusk" },
+                Model = new ModelConfiguration { Base = "builtin:tiny" },
+            };
+        }
+
+        /// <summary>The envelope's `data` object, parsed back.</summary>
+        internal static Dictionary<string, object> Data(EnhancedSDXLRequest request)
+        {
+            var json = new EnhancedRequestTransformer().TransformEnhancedSDXLRequest(request, "req-1");
+            return Json.GetObject(Json.ParseObject(json), "data");
+        }
+
+        private static Dictionary<string, object> Obj(Dictionary<string, object> parent, string path)
+        {
+            var current = parent;
+            foreach (var part in path.Split('.'))
+            {
+                current = Json.GetObject(current, part);
+            }
+            return current;
+        }
+
+        public static void Register(TestRunner runner)
+        {
+            runner.Add("transformer_every_scheduler_enum_maps_to_its_diffusers_class", () =>
+            {
+                var table = new Dictionary<string, string>
+                {
+                    { "DPMSolverMultistep", "DPMSolverMultistepScheduler" },
+                    { "DDIM", "DDIMScheduler" },
+                    { "EulerDiscrete", "EulerDiscreteScheduler" },
+                    { "EulerAncestral", "EulerAncestralDiscreteScheduler" },
+                    { "DPMSolverSinglestep", "DPMSolverSinglestepScheduler" },
+                    { "KDPM2Discrete", "KDPM2DiscreteScheduler" },
+                    { "KDPM2Ancestral", "KDPM2AncestralDiscreteScheduler" },
+                    { "HeunDiscrete", "HeunDiscreteScheduler" },
+                    { "LMSDiscrete", "LMSDiscreteScheduler" },
+                    { "UniPCMultistep", "UniPCMultistepScheduler" },
+                    { "NotAScheduler", "DPMSolverMultistepScheduler" },
+                    { "ddim", "DPMSolverMultistepScheduler" },
+                };
+                foreach (var pair in table)
+                {
+                    var request = Minimal();
+                    request.Scheduler = new SchedulerConfiguration { Type = pair.Key };
+                    Assert.Equal(pair.Value, Json.GetString(Data(request), "scheduler"), "scheduler for " + pair.Key);
+                }
+                Assert.Equal("DPMSolverMultistepScheduler", Json.GetString(Data(Minimal()), "scheduler"), "scheduler when unset");
+            });
+
+            runner.Add("transformer_dimensions_clamp_to_256_2048_and_round_down_to_multiple_of_8", () =>
+            {
+                var cases = new[] { new[] { 100, 256 }, new[] { 3000, 2048 }, new[] { 1023, 1016 }, new[] { 513, 512 }, new[] { 256, 256 }, new[] { -8, 256 } };
+                foreach (var c in cases)
+                {
+                    var request = Minimal();
+                    request.Hyperparameters = new HyperparametersConfiguration { Width = c[0], Height = c[0] };
+                    var dims = Json.GetObject(Data(request), "dimensions");
+                    Assert.Equal((long)c[1], Json.GetLong(dims, "width").Value, "width for " + c[0]);
+                    Assert.Equal((long)c[1], Json.GetLong(dims, "height").Value, "height for " + c[0]);
+                }
+                var defaults = Json.GetObject(Data(Minimal()), "dimensions");
+                Assert.Equal(1024L, Json.GetLong(defaults, "width").Value, "default width");
+                Assert.Equal(1024L, Json.GetLong(defaults, "height").Value, "default height");
+            });
+
+            runner.Add("transformer_quality_batch_lora_weight_and_conditioning_scale_are_clamped", () =>
+            {
+                var request = Minimal();
+                request.Output = new OutputConfiguration { Quality = 0 };
+                request.Hyperparameters = new HyperparametersConfiguration { BatchSize = 0 };
+                Assert.Equal(1L, Json.GetLong(Obj(Data(request), "output"), "quality").Value, "quality 0");
+                Assert.Equal(1L, Json.GetLong(Obj(Data(request), "batch"), "size").Value, "batch 0");
+                request.Output.Quality = 150;
+                request.Hyperparameters.BatchSize = 20;
+                Assert.Equal(100L, Json.GetLong(Obj(Data(request), "output"), "quality").Value, "quality 150");
+                Assert.Equal(9L, Json.GetLong(Obj(Data(request), "batch"), "size").Value, "batch 20");
+                Assert.Equal(95L, Json.GetLong(Obj(Data(Minimal()), "output"), "quality").Value, "default quality");
+
+                request.Conditioning.LoRAs = new List<LoRAConfiguration>
+                {
+                    new LoRAConfiguration { ModelPath = "a.safetensors", Weight = 3.5 },
+                    new LoRAConfiguration { ModelPath = "b.safetensors", Weight = -5 },
+                    new LoRAConfiguration { ModelPath = "c.safetensors", Weight = 0.75 },
+                };
+                var weights = Json.GetArray(Obj(Data(request), "lora"), "models")
+                    .Select(m => Json.GetDouble((Dictionary<string, object>)m, "weight").Value).ToList();
+                Assert.SequenceEqual(new[] { 2.0, -2.0, 0.75 }, weights, "LoRA weights");
+
+                foreach (var c in new[] { new[] { -1.0, 0.0 }, new[] { 5.0, 2.0 }, new[] { 0.6, 0.6 } })
+                {
+                    request.Conditioning.ControlNets = new List<ControlNetConfiguration> { new ControlNetConfiguration { ModelPath = "cn.safetensors", Weight = c[0] } };
+                    Assert.Equal(c[1], Json.GetDouble(Obj(Data(request), "controlnet"), "conditioning_scale").Value, "conditioning_scale for " + c[0]);
+                }
+            });
+
+            runner.Add("transformer_lora_names_are_file_names_without_extension", () =>
+            {
+                Assert.Equal("model", EnhancedRequestTransformer.ExtractModelName("path/to/model.safetensors"), "unix path");
+                Assert.Equal("detail_v2", EnhancedRequestTransformer.ExtractModelName("C:\\loras\\detail_v2.safetensors"), "windows path");
+                Assert.Equal("style.v1", EnhancedRequestTransformer.ExtractModelName("style.v1.pt"), "dotted name");
+                Assert.Equal("plain", EnhancedRequestTransformer.ExtractModelName("plain"), "no extension");
+
+                var request = Minimal();
+                request.Conditioning.LoRAs = new List<LoRAConfiguration>
+                {
+                    new LoRAConfiguration { ModelPath = "loras/pixel-art-xl.safetensors", Weight = 0.8 },
+                    new LoRAConfiguration { ModelPath = "D:\\models\\lora\\offset_noise.safetensors", Weight = 1.0 },
+                };
+                var lora = Obj(Data(request), "lora");
+                Assert.Equal(true, Json.GetBool(lora, "enabled", false), "lora.enabled");
+                var names = Json.GetArray(lora, "models").Select(m => Json.GetString((Dictionary<string, object>)m, "name"));
+                Assert.SequenceEqual(new[] { "pixel-art-xl", "offset_noise" }, names, "LoRA names");
+
+                var none = Obj(Data(Minimal()), "lora");
+                Assert.Equal(false, Json.GetBool(none, "enabled", true), "lora.enabled without LoRAs");
+                Assert.Equal(0, Json.GetArray(none, "models").Count, "lora.models without LoRAs");
+            });
+
+            runner.Add("transformer_controlnet_type_is_inferred_from_the_file_name", () =>
+            {
+                var cases = new Dictionary<string, string>
+                {
+                    { "controlnet-canny-sdxl-1.0.safetensors", "canny" },
+                    { "models/controlnet-depth-sdxl.safetensors", "depth" },
+                    { "thibaud_xl_openpose.safetensors", "pose" },
+                    { "t2i-adapter-scribble.bin", "scribble" },
+                    { "NormalBae.safetensors", "normal" },
+                    { "controlnet_seg.safetensors", "seg" },
+                    { "sdxl_lineart.safetensors", "lineart" },
+                    { "mystery.safetensors", "canny" },
+                };
+                foreach (var pair in cases)
+                {
+                    Assert.Equal(pair.Value, EnhancedRequestTransformer.InferControlNetType(pair.Key), "type of " + pair.Key);
+                }
+
+                var request = Minimal();
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration>
+                {
+                    new ControlNetConfiguration { ModelPath = "cn/controlnet-depth.safetensors", Weight = 0.7, ConditioningImage = "depth.png" },
+                    new ControlNetConfiguration { ModelPath = "cn/controlnet-canny.safetensors", Weight = 1.0 },
+                };
+                var controlnet = Obj(Data(request), "controlnet");
+                Assert.Equal(true, Json.GetBool(controlnet, "enabled", false), "controlnet.enabled");
+                Assert.Equal("depth", Json.GetString(controlnet, "type"), "the first ControlNet is used");
+                Assert.Equal(0.7, Json.GetDouble(controlnet, "conditioning_scale").Value, "conditioning_scale");
+                Assert.Equal("depth.png", Json.GetString(controlnet, "control_image"), "control_image");
+                var preprocessor = Json.GetObject(controlnet, "preprocessor");
+                Assert.Equal(true, Json.GetBool(preprocessor, "enabled", false), "preprocessor.enabled");
+                Assert.Equal(512L, Json.GetLong(preprocessor, "resolution").Value, "preprocessor.resolution");
+
+                var disabled = Obj(Data(Minimal()), "controlnet");
+                Assert.SequenceEqual(new[] { "enabled" }, disabled.Keys, "a disabled controlnet's members");
+            });
+
+            runner.Add("transformer_tags_and_worker_type_follow_the_features_used", () =>
+            {
+                var basic = Data(Minimal());
+                Assert.Equal("sdxl_worker", Json.GetString(basic, "worker_type"), "worker_type of a plain request");
+                Assert.SequenceEqual(new object[] { "enhanced_sdxl", "c_sharp_service" }, Json.GetArray(Obj(basic, "metadata"), "tags"), "plain tags");
+
+                var full = Minimal();
+                full.Conditioning.LoRAs = new List<LoRAConfiguration> { new LoRAConfiguration { ModelPath = "l.safetensors" } };
+                full.Conditioning.ControlNets = new List<ControlNetConfiguration> { new ControlNetConfiguration { ModelPath = "c.safetensors" } };
+                full.Model.Refiner = "refiner";
+                full.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale" } };
+                var data = Data(full);
+                Assert.Equal("enhanced_sdxl_worker", Json.GetString(data, "worker_type"), "worker_type with features");
+                Assert.SequenceEqual(new object[] { "enhanced_sdxl", "c_sharp_service", "lora_enhanced", "controlnet_guided", "refiner_enhanced", "post_processed" },
+                    Json.GetArray(Obj(data, "metadata"), "tags"), "tags with every feature");
+
+                var resolver = new WorkerTypeResolver();
+                var batch = Minimal();
+                batch.Hyperparameters = new HyperparametersConfiguration { BatchSize = 2 };
+                Assert.Equal("enhanced_sdxl_worker", resolver.DetermineWorkerType(batch), "batch of 2");
+                var vae = Minimal();
+                vae.Model.Vae = "sdxl-vae-fp16-fix";
+                Assert.Equal("enhanced_sdxl_worker", resolver.DetermineWorkerType(vae), "custom VAE");
+                Assert.SequenceEqual(new[] { "enhanced_sdxl", "c_sharp_service" }, EnhancedRequestTransformer.GenerateRequestTags(vae), "a VAE adds no tag (as the seed)");
+            });
+
+            runner.Add("transformer_fills_the_seed_defaults_into_the_envelope", () =>
+            {
+                var json = new EnhancedRequestTransformer().TransformEnhancedSDXLRequest(new EnhancedSDXLRequest(), "req-9");
+                var root = Json.ParseObject(json);
+                Assert.Equal("inference_request", Json.GetString(root, "message_type"), "message_type");
+                Assert.Equal("req-9", Json.GetString(root, "request_id"), "request_id");
+                var data = Json.GetObject(root, "data");
+                Assert.Equal("", Json.GetString(data, "prompt"), "prompt");
+                Assert.Equal("cyberrealisticPony_v125", Json.GetString(data, "model_name"), "model_name");
+                Assert.Equal("cyberrealisticPony_v125", Json.GetString(Obj(data, "models"), "base"), "models.base");
+                var hyper = Obj(data, "hyperparameters");
+                Assert.Equal(25L, Json.GetLong(hyper, "num_inference_steps").Value, "steps");
+                Assert.Equal(7.5, Json.GetDouble(hyper, "guidance_scale").Value, "guidance_scale");
+                Assert.Equal(-1L, Json.GetLong(hyper, "seed").Value, "seed");
+                Assert.Equal(0.8, Json.GetDouble(hyper, "strength").Value, "strength");
+                var output = Obj(data, "output");
+                Assert.Equal("png", Json.GetString(output, "format"), "format");
+                Assert.Equal("outputs/", Json.GetString(output, "save_path"), "save_path");
+                Assert.SequenceEqual(new[] { "enabled" }, Json.GetObject(output, "upscale").Keys, "disabled upscale members");
+                var batch = Obj(data, "batch");
+                Assert.Equal(1L, Json.GetLong(batch, "size").Value, "batch.size");
+                Assert.Equal(false, Json.GetBool(batch, "parallel", true), "batch.parallel");
+                var precision = Obj(data, "precision");
+                Assert.Equal("float16", Json.GetString(precision, "dtype"), "precision.dtype");
+                Assert.Equal("float32", Json.GetString(precision, "vae_dtype"), "precision.vae_dtype");
+                Assert.Equal(false, Json.GetBool(precision, "cpu_offload", true), "cpu_offload");
+                Assert.Equal(true, Json.GetBool(precision, "attention_slicing", false), "attention_slicing");
+                Assert.Equal(true, Json.GetBool(precision, "vae_slicing", false), "vae_slicing");
+                var metadata = Obj(data, "metadata");
+                Assert.Equal("req-9", Json.GetString(metadata, "request_id"), "metadata.request_id");
+                Assert.Equal("normal", Json.GetString(metadata, "priority"), "priority");
+                Assert.Equal(300L, Json.GetLong(metadata, "timeout").Value, "timeout");
+                Assert.SequenceEqual(new[] { "worker_type", "prompt", "model_name", "hyperparameters", "dimensions", "scheduler", "models", "lora", "controlnet", "output", "batch", "precision", "metadata" },
+                    data.Keys, "data members (no negative_prompt when empty)");
+            });
+
+            runner.Add("transformer_omits_nulls_and_sends_negative_prompt_refiner_vae_only_when_set", () =>
+            {
+                var request = Minimal();
+                request.Conditioning.NegativePrompt = "";
+                request.Model.Refiner = "";
+                var data = Data(request);
+                Assert.Missing(data, "negative_prompt", "empty negative prompt");
+                Assert.SequenceEqual(new[] { "base" }, Obj(data, "models").Keys, "models without refiner/vae");
+
+                request.Conditioning.NegativePrompt = "blurry";
+                request.Model.Refiner = "sdxl-refiner";
+                request.Model.Vae = "vae-fix";
+                data = Data(request);
+                Assert.Equal("blurry", Json.GetString(data, "negative_prompt"), "negative_prompt");
+                Assert.Equal("sdxl-refiner", Json.GetString(Obj(data, "models"), "refiner"), "refiner");
+                Assert.Equal("vae-fix", Json.GetString(Obj(data, "models"), "vae"), "vae");
+            });
+
+            runner.Add("transformer_maps_the_first_upscale_step_and_lowercases_format", () =>
+            {
+                var request = Minimal();
+                request.Output = new OutputConfiguration { Format = "JPEG", SavePath = "runs/a" };
+                request.PostProcessing = new List<PostProcessingStep>
+                {
+                    new PostProcessingStep { Type = "FaceRestore" },
+                    new PostProcessingStep { Type = "upscale", Factor = 4, Model = "RealESRGAN_x4plus" },
+                };
+                var output = Obj(Data(request), "output");
+                Assert.Equal("jpeg", Json.GetString(output, "format"), "format");
+                Assert.Equal("runs/a", Json.GetString(output, "save_path"), "save_path");
+                var upscale = Json.GetObject(output, "upscale");
+                Assert.Equal(true, Json.GetBool(upscale, "enabled", false), "upscale.enabled");
+                Assert.Equal(4.0, Json.GetDouble(upscale, "factor").Value, "upscale.factor");
+                Assert.Equal("realesrgan_x4plus", Json.GetString(upscale, "method"), "upscale.method");
+
+                request.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale" } };
+                Assert.Equal("realesrgan", Json.GetString(Json.GetObject(Obj(Data(request), "output"), "upscale"), "method"), "default method");
+            });
+
+            runner.Add("json_writer_escapes_strings_so_they_round_trip", () =>
+            {
+                var prompt = "say \"hi\" \\ back\nslash\t\u0001 caf\u00e9 \u2028 \U0001F600 </script>";
+                var request = Minimal();
+                request.Conditioning.Prompt = prompt;
+                var json = new EnhancedRequestTransformer().TransformEnhancedSDXLRequest(request, "id\"1");
+                Assert.Contains("say \\\"hi\\\" \\\\ back\\nslash\\t\\u0001", json, "escaped prompt");
+                Assert.Contains("\\u2028", json, "escaped line separator");
+                var root = Json.ParseObject(json);
+                Assert.Equal(prompt, Json.GetString(Json.GetObject(root, "data"), "prompt"), "prompt after a round trip");
+                Assert.Equal("id\"1", Json.GetString(root, "request_id"), "request id after a round trip");
+                Assert.Throws<System.FormatException>(() => Json.Parse("{\"a\":1,}"), "trailing comma");
+                Assert.Throws<System.FormatException>(() => Json.Parse("{\"a\":1} x"), "trailing text");
+            });
+
+            runner.Add("engine_config_json_omits_unset_members", () =>
+            {
+                var config = new SdxlEngineConfig { Device = "cpu", OutputDir = "/tmp/o", Limits = new SdxlLimits { MinSize = 64 } };
+                Assert.Equal("{\"device\":\"cpu\",\"output_dir\":\"/tmp/o\",\"limits\":{\"min_size\":64}}", config.ToJson(), "config JSON");
+                Assert.Equal("{}", new SdxlEngineConfig().ToJson(), "empty config JSON");
+            });
+
+            runner.Add("pool_picks_the_least_busy_engine_and_rotates_ties", () =>
+            {
+                Assert.Equal(1, SdxlEnginePool.SelectIndex(new[] { 2, 0, 1 }, 0), "least busy");
+                Assert.Equal(2, SdxlEnginePool.SelectIndex(new[] { 0, 0, 0 }, 2), "tie from start");
+                Assert.Equal(0, SdxlEnginePool.SelectIndex(new[] { 0, 1, 1 }, 1), "wraps around");
+                Assert.Equal(1, SdxlEnginePool.SelectIndex(new[] { 1, 0, 0 }, 1), "first of the tied from start");
+            });
+        }
+    }
+}
