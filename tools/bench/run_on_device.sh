@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (through the device tool), from the repo root, after
+# tools/cuda/build.sh staged .dev/gpu/ and the diffusers wheel sits in .dev/whl/.
+#   run_on_device.sh bench     GPU parity on the tiny fixtures + our bench + diffusers' bench
+#   run_on_device.sh compare   full-size parity with diffusers on the same random weights
+# Results go to $OUT (JSON lines), one file per part.
+set -uo pipefail
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+export SDXL_FIXTURES="$PWD/tests/fixtures"
+PY=/opt/torch/.venv/bin/python3
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+"$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .dev/whl/*.whl && export PYTHONPATH=/tmp/site
+chmod +x .dev/gpu/*
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+
+sample_memory() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$1" & echo $!; }
+
+case "${1:-bench}" in
+bench)
+    .dev/gpu/gpu_bench parity > "$OUT/parity.jsonl" 2> "$OUT/parity.err"; echo "parity rc=$?"
+    sampler=$(sample_memory "$OUT/mem_ours.csv")
+    .dev/gpu/gpu_bench bench 30 > "$OUT/bench_ours.jsonl" 2> "$OUT/bench_ours.err"; echo "ours rc=$?"
+    kill "$sampler"
+    sampler=$(sample_memory "$OUT/mem_diffusers.csv")
+    "$PY" tools/bench/diffusers_bench.py bench 30 > "$OUT/bench_diffusers.jsonl" 2> "$OUT/bench_diffusers.err"; echo "diffusers rc=$?"
+    kill "$sampler"
+    for f in mem_ours mem_diffusers; do echo "$f peak MiB: $(sort -n "$OUT/$f.csv" | tail -1)"; done
+    ;;
+compare)
+    "$PY" tools/bench/diffusers_bench.py make-reference /tmp/sdxl-random > "$OUT/reference.jsonl" 2> "$OUT/reference.err"; echo "reference rc=$?"
+    .dev/gpu/gpu_bench compare /tmp/sdxl-random > "$OUT/compare.jsonl" 2> "$OUT/compare.err"; echo "compare rc=$?"
+    ;;
+esac
+tail -n 3 "$OUT"/*.err 2>/dev/null
+cat "$OUT"/*.jsonl
