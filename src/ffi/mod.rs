@@ -257,7 +257,7 @@ pub extern "C" fn sdxl_last_error() -> *const c_char {
 }
 
 /// The calling thread's last error code (`SDXL_OK` if the last call succeeded), the
-/// number matching `sdxl_last_error()`'s text — e.g. why `sdxl_create` returned NULL.
+/// number matching `sdxl_last_error()`'s text, e.g. why `sdxl_create` returned NULL.
 #[no_mangle]
 pub extern "C" fn sdxl_last_error_code() -> i32 {
     last_error_code()

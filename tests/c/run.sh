@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds libsdxl (debug), compiles include/sdxl.h on its own as C and C++, compiles the
+# C tests with -Wall -Wextra -Werror and runs each under valgrind; any compiler warning,
+# failed check, memory error or definite leak fails the script.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+lib_dir="$target_dir/debug"
+build_dir="$root/tests/c/build"
+CC="${CC:-gcc}"
+CXX="${CXX:-g++}"
+warnings=(-Wall -Wextra -Werror)
+
+for tool in "$CC" "$CXX" valgrind; do
+    command -v "$tool" >/dev/null || { echo "tests/c/run.sh: $tool is missing (apt-get install -y gcc g++ valgrind)" >&2; exit 1; }
+done
+
+echo "== header is ASCII and compiles on its own"
+if LC_ALL=C grep -n '[^[:print:][:space:]]' include/sdxl.h; then
+    echo "include/sdxl.h has non-ASCII characters (MSVC reads them in the local code page)" >&2
+    exit 1
+fi
+"$CC" -std=c99 -pedantic "${warnings[@]}" -fsyntax-only -x c include/sdxl.h
+"$CC" -std=c11 "${warnings[@]}" -fsyntax-only -x c include/sdxl.h
+"$CXX" -std=c++11 -pedantic "${warnings[@]}" -fsyntax-only -x c++ include/sdxl.h
+
+echo "== cargo build --lib (debug: the debug_panic message exists only there)"
+cargo build --lib --quiet
+test -f "$lib_dir/libsdxl.so" || { echo "no $lib_dir/libsdxl.so" >&2; exit 1; }
+
+mkdir -p "$build_dir"
+programs=(bad_inputs generate)
+for program in "${programs[@]}"; do
+    echo "== compile tests/c/$program.c"
+    "$CC" -std=c11 -g "${warnings[@]}" -I include -o "$build_dir/$program" "tests/c/$program.c" \
+        -L "$lib_dir" -lsdxl -Wl,-rpath,"$lib_dir"
+done
+
+status=0
+for program in "${programs[@]}"; do
+    echo "== valgrind tests/c/build/$program"
+    if ! valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+        --show-leak-kinds=definite \
+        --suppressions="$root/tests/c/valgrind.supp" "$build_dir/$program"; then
+        echo "FAILED: $program" >&2
+        status=1
+    fi
+done
+if [ "$status" -eq 0 ]; then
+    echo "tests/c: all programs passed under valgrind"
+fi
+exit "$status"
