@@ -25,30 +25,69 @@
  */
 #define SDXL_OK 0
 
+/**
+ * A pointer was NULL or a string not UTF-8.
+ */
 #define SDXL_ERR_INVALID_ARGUMENT -1
 
+/**
+ * The text is not JSON, or not a JSON object.
+ */
 #define SDXL_ERR_INVALID_JSON -2
 
+/**
+ * The request broke a rule; the response lists the fields.
+ */
 #define SDXL_ERR_VALIDATION -3
 
+/**
+ * No file or folder for the model name (nothing is ever downloaded).
+ */
 #define SDXL_ERR_MODEL_NOT_FOUND -4
 
+/**
+ * The weights exist but are not a readable SDXL model.
+ */
 #define SDXL_ERR_MODEL_LOAD -5
 
+/**
+ * No model is loaded for this request.
+ */
 #define SDXL_ERR_NO_MODEL_LOADED -6
 
+/**
+ * The device failed (CUDA error, unavailable device).
+ */
 #define SDXL_ERR_DEVICE -7
 
+/**
+ * The device ran out of memory; the engine stays usable.
+ */
 #define SDXL_ERR_OUT_OF_MEMORY -8
 
+/**
+ * Cancelled by sdxl_cancel or a progress callback returning false.
+ */
 #define SDXL_ERR_CANCELLED -9
 
+/**
+ * The request ran past its metadata.timeout.
+ */
 #define SDXL_ERR_TIMEOUT -10
 
+/**
+ * Reading an input or writing an image failed.
+ */
 #define SDXL_ERR_IO -11
 
+/**
+ * A feature this build does not have.
+ */
 #define SDXL_ERR_UNSUPPORTED -12
 
+/**
+ * A bug, including a panic caught at the boundary.
+ */
 #define SDXL_ERR_INTERNAL -13
 
 /**
@@ -79,13 +118,15 @@ typedef struct SdxlProgress {
 } SdxlProgress;
 
 /**
- * Called from the thread running the request. Return false to cancel it.
+ * Called from the thread running the request. Return false to cancel it. Must not call
+ * `sdxl_set_progress_callback` itself (the engine holds the callback while calling it).
  */
 typedef bool (*SdxlProgressCallback)(const struct SdxlProgress *progress, void *user_data);
 
 /**
  * Receives one log line: level (0 error, 1 warn, 2 info, 3 debug, 4 trace), target and
- * message (UTF-8, valid only during the call). May be called from any thread.
+ * message (UTF-8, valid only during the call). May be called from any thread. Must not
+ * call `sdxl_set_log_callback` itself.
  */
 typedef void (*SdxlLogCallback)(uint32_t level, const char *target, const char *message, void *user_data);
 

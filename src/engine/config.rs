@@ -68,6 +68,9 @@ impl EngineConfig {
             return Ok(Self::default());
         }
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(|err| {
+            if err.inner().is_syntax() || err.inner().is_eof() {
+                return Error::InvalidJson(err.inner().to_string());
+            }
             let path = err.path().to_string();
             Error::Validation(vec![FieldError::new(if path == "." { "config".to_string() } else { path }, err.inner().to_string())])
         })

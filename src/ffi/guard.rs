@@ -33,11 +33,21 @@ pub fn last_error_ptr() -> *const c_char {
     LAST_ERROR.with(|slot| slot.borrow().as_ptr())
 }
 
-/// Panics must not print to the host's stderr: the message goes to the last error instead.
+thread_local! {
+    static INSIDE_GUARD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Panics inside an export must not print to the host's stderr: their message goes to the
+/// log callback and the last error. Panics elsewhere in the process keep the previous hook.
 fn install_quiet_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !INSIDE_GUARD.with(|inside| inside.get()) {
+                previous(info);
+                return;
+            }
             let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
             let payload = info
                 .payload()
@@ -54,7 +64,9 @@ fn install_quiet_panic_hook() {
 pub fn guard<T>(on_error: impl FnOnce(&Error) -> T, body: impl FnOnce() -> Result<T>) -> T {
     install_quiet_panic_hook();
     clear_last_error();
+    let was_inside = INSIDE_GUARD.with(|inside| inside.replace(true));
     let outcome = catch_unwind(AssertUnwindSafe(body));
+    INSIDE_GUARD.with(|inside| inside.set(was_inside));
     let err = match outcome {
         Ok(Ok(value)) => return value,
         Ok(Err(err)) => err,

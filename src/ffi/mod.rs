@@ -13,18 +13,31 @@ use guard::{borrow_str, guard, last_error_code, last_error_ptr, to_c_string};
 
 /// Operation succeeded.
 pub const SDXL_OK: i32 = 0;
+/// A pointer was NULL or a string not UTF-8.
 pub const SDXL_ERR_INVALID_ARGUMENT: i32 = -1;
+/// The text is not JSON, or not a JSON object.
 pub const SDXL_ERR_INVALID_JSON: i32 = -2;
+/// The request broke a rule; the response lists the fields.
 pub const SDXL_ERR_VALIDATION: i32 = -3;
+/// No file or folder for the model name (nothing is ever downloaded).
 pub const SDXL_ERR_MODEL_NOT_FOUND: i32 = -4;
+/// The weights exist but are not a readable SDXL model.
 pub const SDXL_ERR_MODEL_LOAD: i32 = -5;
+/// No model is loaded for this request.
 pub const SDXL_ERR_NO_MODEL_LOADED: i32 = -6;
+/// The device failed (CUDA error, unavailable device).
 pub const SDXL_ERR_DEVICE: i32 = -7;
+/// The device ran out of memory; the engine stays usable.
 pub const SDXL_ERR_OUT_OF_MEMORY: i32 = -8;
+/// Cancelled by sdxl_cancel or a progress callback returning false.
 pub const SDXL_ERR_CANCELLED: i32 = -9;
+/// The request ran past its metadata.timeout.
 pub const SDXL_ERR_TIMEOUT: i32 = -10;
+/// Reading an input or writing an image failed.
 pub const SDXL_ERR_IO: i32 = -11;
+/// A feature this build does not have.
 pub const SDXL_ERR_UNSUPPORTED: i32 = -12;
+/// A bug, including a panic caught at the boundary.
 pub const SDXL_ERR_INTERNAL: i32 = -13;
 
 /// An engine: one device, its loaded models, its request queue. Opaque.
@@ -47,7 +60,8 @@ pub struct SdxlProgress {
     pub elapsed_ms: u64,
 }
 
-/// Called from the thread running the request. Return false to cancel it.
+/// Called from the thread running the request. Return false to cancel it. Must not call
+/// `sdxl_set_progress_callback` itself (the engine holds the callback while calling it).
 pub type SdxlProgressCallback = Option<unsafe extern "C" fn(progress: *const SdxlProgress, user_data: *mut c_void) -> bool>;
 
 /// Creates an engine from a JSON config (NULL or "" for defaults): `device` ("cpu",
@@ -186,7 +200,8 @@ pub unsafe extern "C" fn sdxl_set_progress_callback(engine: *mut SdxlEngine, cal
 }
 
 /// Receives one log line: level (0 error, 1 warn, 2 info, 3 debug, 4 trace), target and
-/// message (UTF-8, valid only during the call). May be called from any thread.
+/// message (UTF-8, valid only during the call). May be called from any thread. Must not
+/// call `sdxl_set_log_callback` itself.
 pub type SdxlLogCallback = Option<unsafe extern "C" fn(level: u32, target: *const c_char, message: *const c_char, user_data: *mut c_void)>;
 
 struct HostLogger {

@@ -36,7 +36,11 @@ pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, ma
 
 /// The additive causal mask CLIP's text transformer uses (−inf above the diagonal).
 pub fn causal_mask(len: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let values: Vec<f32> =
-        (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mut values = vec![0f32; len * len];
+    for i in 0..len {
+        for value in &mut values[i * len + i + 1..(i + 1) * len] {
+            *value = f32::NEG_INFINITY;
+        }
+    }
     Ok(Tensor::from_vec(values, (len, len), device)?)
 }
