@@ -1,8 +1,9 @@
 //! sdxl-native: Stable Diffusion XL in-process, equal to diffusers, behind a C ABI.
 //!
 //! The path of one request: `ffi` (C ABI) → `engine` (model cache, dispatch) → `api`
-//! (JSON contract, validation) → `pipeline` (conditioning, denoising, decoding) over
-//! `models` (the networks), `loader` (weight files), `schedulers`, `tokenizer`, `rng`, `image`.
+//! (JSON contract, validation) → `lora` (the request's adapters fused into the resident model)
+//! → `pipeline` (conditioning, denoising, decoding) over `models` (the networks), `loader`
+//! (weight files), `schedulers`, `tokenizer`, `rng`, `image`.
 
 pub mod api;
 pub mod engine;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod ffi;
 pub mod image;
 pub mod loader;
+pub mod lora;
 pub mod models;
 pub mod pipeline;
 pub mod rng;

@@ -249,9 +249,12 @@ pub fn plan_request(
         Some(options) => SchedulerOverrides::from_request(options, &mut errors),
     };
 
+    // Which files the names mean and whether they fit the model is checked when they are
+    // applied (crate::lora::apply_request), with the same field paths.
     let mut loras = Vec::new();
     if let Some(lora) = &request.lora {
         let models = lora.models.clone().unwrap_or_default();
+        let enabled = lora.enabled.unwrap_or(!models.is_empty());
         for (index, model) in models.iter().enumerate() {
             let name = model.name.clone().unwrap_or_default();
             if name.trim().is_empty() {
@@ -261,13 +264,12 @@ pub fn plan_request(
             if !(weight >= -limits.max_lora_weight && weight <= limits.max_lora_weight) {
                 errors.push(FieldError::new(
                     format!("lora.models[{index}].weight"),
-                    format!("LoRA weight {weight} must be between -2.0 and 2.0"),
+                    format!("LoRA weight {weight} must be between {:.1} and {:.1}", -limits.max_lora_weight, limits.max_lora_weight),
                 ));
             }
-            loras.push(LoraRequest { name, weight });
-        }
-        if lora.enabled.unwrap_or(!models.is_empty()) && !models.is_empty() {
-            errors.push(FieldError::new("lora", "LoRA adapters are not supported yet by this build"));
+            if enabled {
+                loras.push(LoraRequest { name, weight });
+            }
         }
     }
     if let Some(controlnet) = &request.controlnet {

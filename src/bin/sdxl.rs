@@ -85,8 +85,24 @@ struct GenerateArgs {
     out: PathBuf,
     #[arg(long)]
     quality: Option<u32>,
+    /// A LoRA to apply, `path:weight` (weight −2…2, default 1); a name is looked up under
+    /// `<models-dir>/loras/` and `<models-dir>/`. Repeat for several.
+    #[arg(long = "lora", value_name = "PATH:WEIGHT")]
+    loras: Vec<String>,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// `path:weight`, split at the last colon only when what follows is a number
+/// (so `C:\loras\x.safetensors` stays a path).
+fn parse_lora_arg(arg: &str) -> Value {
+    match arg.rsplit_once(':') {
+        Some((path, weight)) if !path.is_empty() => match weight.trim().parse::<f64>() {
+            Ok(weight) => json!({"name": path, "weight": weight}),
+            Err(_) => json!({"name": arg, "weight": 1.0}),
+        },
+        _ => json!({"name": arg, "weight": 1.0}),
+    }
 }
 
 fn engine_config(args: &EngineArgs, output_dir: &Path) -> EngineConfig {
@@ -173,6 +189,10 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode, String> {
     }
     if let Some(init) = &args.init_image {
         request["init_image"] = json!(init.display().to_string());
+    }
+    if !args.loras.is_empty() {
+        let models: Vec<Value> = args.loras.iter().map(|arg| parse_lora_arg(arg)).collect();
+        request["lora"] = json!({"enabled": true, "models": models});
     }
     if builtin && args.steps.is_none() {
         request["hyperparameters"]["num_inference_steps"] = json!(10);

@@ -39,6 +39,8 @@ pub struct Engine {
     /// Warnings every response carries (e.g. dtype downgraded on CPU).
     engine_warnings: Vec<String>,
     models: Mutex<HashMap<String, LoadedModel>>,
+    /// Parsed LoRA files, shared by every model (adapters are matched to a model when applied).
+    loras: crate::lora::LoraCache,
     /// Serialises device work: one request runs at a time, others queue fairly.
     run_lock: Mutex<()>,
     cancel_requested: AtomicBool,
@@ -90,6 +92,7 @@ impl Engine {
             vae_dtype,
             engine_warnings,
             models: Mutex::new(HashMap::new()),
+            loras: crate::lora::LoraCache::default(),
             run_lock: Mutex::new(()),
             cancel_requested: AtomicBool::new(false),
             progress: Mutex::new(None),
@@ -150,6 +153,11 @@ impl Engine {
         }
         models.insert(key, LoadedModel { model: model.clone(), last_used: stamp });
         Ok(model)
+    }
+
+    /// The resident model a name was loaded as (with no `config`), if it is loaded.
+    pub fn resident_model(&self, name: &str) -> Option<Arc<SdxlModel>> {
+        self.models.lock().get(&format!("{name}|")).map(|entry| entry.model.clone())
     }
 
     /// `{"base": ..., "vae": ..., "refiner": ..., "config": ...}` or `{"model_name": ...}`.
@@ -250,10 +258,22 @@ impl Engine {
         if model.description.starts_with("built-in") {
             warnings.push("used the built-in tiny demo model (random weights): images are noise-like patterns, not pictures".into());
         }
-        self.generate_with_model(&model, &plan, init_image.as_ref(), started)
+        // The resident model fuses exactly this request's LoRAs (only changed layers are touched).
+        let (loaded_loras, lora_report) = crate::lora::apply_request(&model.adapters, &self.loras, &plan.loras, self.config.models_dir.as_deref())?;
+        if lora_report.layers_patched + lora_report.layers_restored > 0 {
+            tracing::info!(patched = lora_report.layers_patched, restored = lora_report.layers_restored, ms = lora_report.elapsed.as_millis() as u64, "LoRA adapters changed");
+        }
+        self.generate_with_model(&model, &plan, init_image.as_ref(), &loaded_loras, started)
     }
 
-    fn generate_with_model(&self, model: &SdxlModel, plan: &GenerationPlan, init_image: Option<&image::RgbImage>, started: Instant) -> Result<GenerationData> {
+    fn generate_with_model(
+        &self,
+        model: &SdxlModel,
+        plan: &GenerationPlan,
+        init_image: Option<&image::RgbImage>,
+        loaded_loras: &[crate::lora::LoadedLora],
+        started: Instant,
+    ) -> Result<GenerationData> {
         let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, deadline_s: plan.timeout_s, started };
         let mut ctx = RunContext { device: &self.device, noise_kernel: self.noise_kernel, progress: &mut observer, started };
         let batch = pipeline::generate(model, plan, init_image, &mut ctx, None).map_err(|err| match err {
@@ -298,7 +318,7 @@ impl Engine {
                     "base_model": plan.base_model,
                     "description": model.description,
                     "refiner_model": null,
-                    "loaded_loras": [],
+                    "loaded_loras": loaded_loras,
                     "scheduler": plan.scheduler.class_name(),
                     "dtype": config::dtype_name(model.dtype),
                     "vae_dtype": config::dtype_name(model.vae_dtype),

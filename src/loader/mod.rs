@@ -3,6 +3,7 @@
 //! `_resolve_model_path` did, minus the hub: nothing is ever downloaded.
 
 pub mod builtin;
+pub mod lora;
 pub mod safetensors_file;
 pub mod single_file;
 pub mod weights;
@@ -14,6 +15,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
+use crate::models::patchable::collect_layers;
 use crate::models::{AutoencoderKL, ClipTextConfig, ClipTextTransformer, UNet2DConditionModel, UNetConfig, VaeConfig};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::ClipTokenizer;
@@ -77,6 +79,8 @@ pub struct SdxlModel {
     pub vae_dtype: DType,
     pub description: String,
     pub weight_bytes: u64,
+    /// The layers LoRA adapters patch, and which adapters are fused in now.
+    pub adapters: crate::lora::ModelAdapters,
 }
 
 pub struct LoadOptions<'a> {
@@ -174,19 +178,28 @@ fn total_bytes(files: &[Arc<SafetensorsFile>]) -> u64 {
     files.iter().map(|f| f.data_len() as u64).sum()
 }
 
-fn build_networks(
-    configs: &Configs,
-    vbs: [VarBuilder; 4],
-    options: &LoadOptions,
-) -> Result<(UNet2DConditionModel, ClipTextTransformer, ClipTextTransformer, AutoencoderKL)> {
+struct Networks {
+    unet: UNet2DConditionModel,
+    text_encoder: ClipTextTransformer,
+    text_encoder_2: ClipTextTransformer,
+    vae: AutoencoderKL,
+    adapters: crate::lora::ModelAdapters,
+}
+
+fn build_networks(configs: &Configs, vbs: [VarBuilder; 4], options: &LoadOptions) -> Result<Networks> {
     let [unet_vb, te_vb, te2_vb, vae_vb] = vbs;
-    let unet = UNet2DConditionModel::new(unet_vb, &configs.unet).map_err(|e| model_load_error(e, "unet"))?;
-    let te = ClipTextTransformer::new(te_vb, &configs.text_encoder, false).map_err(|e| model_load_error(e, "text_encoder"))?;
-    let te2 = ClipTextTransformer::new(te2_vb, &configs.text_encoder_2, true).map_err(|e| model_load_error(e, "text_encoder_2"))?;
+    // The UNet's and encoders' linear/conv layers register by name so LoRAs can patch them.
+    let (unet, unet_layers) = collect_layers(&unet_vb.prefix(), || UNet2DConditionModel::new(unet_vb.clone(), &configs.unet))
+        .map_err(|e| model_load_error(e, "unet"))?;
+    let (te, te_layers) = collect_layers(&te_vb.prefix(), || ClipTextTransformer::new(te_vb.clone(), &configs.text_encoder, false))
+        .map_err(|e| model_load_error(e, "text_encoder"))?;
+    let (te2, te2_layers) = collect_layers(&te2_vb.prefix(), || ClipTextTransformer::new(te2_vb.clone(), &configs.text_encoder_2, true))
+        .map_err(|e| model_load_error(e, "text_encoder_2"))?;
     let vae = AutoencoderKL::new(vae_vb, &configs.vae).map_err(|e| model_load_error(e, "vae"))?;
     check_conditioning_dims(configs)?;
     let _ = options;
-    Ok((unet, te, te2, vae))
+    let adapters = crate::lora::ModelAdapters::new(unet_layers, te_layers, te2_layers, &configs.unet);
+    Ok(Networks { unet, text_encoder: te, text_encoder_2: te2, vae, adapters })
 }
 
 /// The UNet's cross-attention and add_embedding widths must match the encoders'.
@@ -212,13 +225,13 @@ fn check_conditioning_dims(configs: &Configs) -> Result<()> {
 
 fn assemble(
     configs: Configs,
-    networks: (UNet2DConditionModel, ClipTextTransformer, ClipTextTransformer, AutoencoderKL),
+    networks: Networks,
     tokenizers: (ClipTokenizer, ClipTokenizer),
     options: &LoadOptions,
     description: String,
     weight_bytes: u64,
 ) -> SdxlModel {
-    let (unet, text_encoder, text_encoder_2, vae) = networks;
+    let Networks { unet, text_encoder, text_encoder_2, vae, adapters } = networks;
     SdxlModel {
         unet,
         text_encoder,
@@ -232,6 +245,7 @@ fn assemble(
         vae_dtype: options.vae_dtype,
         description,
         weight_bytes,
+        adapters,
     }
 }
 
@@ -278,11 +292,7 @@ pub fn load_single_file(path: &Path, options: &LoadOptions) -> Result<SdxlModel>
             force_zeros: true,
         },
     };
-    let layout = single_file::UNetLayout {
-        layers_per_block: configs.unet.layers_per_block,
-        down_has_attention: configs.unet.down_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect(),
-        up_has_attention: configs.unet.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect(),
-    };
+    let layout = single_file::UNetLayout::of(&configs.unet);
     let files = vec![file.clone()];
     let (dtype, vae_dtype, device) = (options.dtype, options.vae_dtype, options.device);
     let vbs = [

@@ -34,6 +34,8 @@ pub struct SafetensorsFile {
     bytes: Arc<WeightBytes>,
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
+    /// The header's free-form `__metadata__` (diffusers keeps LoRA adapter configs there).
+    user_metadata: HashMap<String, String>,
 }
 
 impl SafetensorsFile {
@@ -49,7 +51,8 @@ impl SafetensorsFile {
         let (header_len, metadata): (usize, Metadata) = SafeTensors::read_metadata(bytes.as_ref())
             .map_err(|e| Error::ModelLoad(format!("{origin} is not a valid safetensors file: {e}")))?;
         let tensors = metadata.tensors().into_iter().map(|(name, info)| (name, info.clone())).collect();
-        Ok(Self { origin, bytes: Arc::new(bytes), data_start: 8 + header_len, tensors })
+        let user_metadata = metadata.metadata().clone().unwrap_or_default();
+        Ok(Self { origin, bytes: Arc::new(bytes), data_start: 8 + header_len, tensors, user_metadata })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &String> {
@@ -66,6 +69,11 @@ impl SafetensorsFile {
 
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+
+    /// A value of the header's `__metadata__` map.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.user_metadata.get(key).map(String::as_str)
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {

@@ -62,6 +62,16 @@ pub struct UNetLayout {
     pub up_has_attention: Vec<bool>,
 }
 
+impl UNetLayout {
+    pub fn of(config: &crate::models::UNetConfig) -> Self {
+        Self {
+            layers_per_block: config.layers_per_block,
+            down_has_attention: config.down_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect(),
+            up_has_attention: config.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect(),
+        }
+    }
+}
+
 pub fn unet_map(layout: UNetLayout) -> KeyMap {
     Arc::new(move |name: &str| unet_key(name, &layout).map(|key| Source::Key(format!("{UNET_PREFIX}{key}"))))
 }
@@ -86,7 +96,8 @@ fn split_block(rest: &str) -> Option<(usize, &str, usize, &str)> {
     Some((block.parse().ok()?, kind, index.parse().ok()?, tail))
 }
 
-fn unet_key(name: &str, layout: &UNetLayout) -> Option<String> {
+/// The SGM name (without `model.diffusion_model.`) of a diffusers UNet weight name.
+pub fn unet_key(name: &str, layout: &UNetLayout) -> Option<String> {
     const FIXED: [(&str, &str); 10] = [
         ("time_embedding.linear_1.", "time_embed.0."),
         ("time_embedding.linear_2.", "time_embed.2."),

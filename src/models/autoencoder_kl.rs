@@ -2,10 +2,11 @@
 //! image into a latent distribution and the decoder that turns latents into pixels.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, GroupNorm, Linear, Module, VarBuilder};
+use candle_nn::{GroupNorm, Linear, Module, VarBuilder};
 use serde::Deserialize;
 
 use super::attention::multi_head_attention;
+use super::patchable::PatchableConv2d;
 use super::resnet::{conv1x1, conv3x3, Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::error::{Error, Result};
 
@@ -127,11 +128,11 @@ impl VaeMidBlock {
 }
 
 pub struct Encoder {
-    conv_in: Conv2d,
+    conv_in: PatchableConv2d,
     down_blocks: Vec<(Vec<ResnetBlock2D>, Option<Downsample2D>)>,
     mid_block: VaeMidBlock,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: PatchableConv2d,
 }
 
 impl Encoder {
@@ -183,11 +184,11 @@ impl Encoder {
 }
 
 pub struct Decoder {
-    conv_in: Conv2d,
+    conv_in: PatchableConv2d,
     mid_block: VaeMidBlock,
     up_blocks: Vec<(Vec<ResnetBlock2D>, Option<Upsample2D>)>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: PatchableConv2d,
 }
 
 impl Decoder {
@@ -253,8 +254,8 @@ impl LatentDistribution {
 pub struct AutoencoderKL {
     config: VaeConfig,
     encoder: Encoder,
-    quant_conv: Conv2d,
-    post_quant_conv: Conv2d,
+    quant_conv: PatchableConv2d,
+    post_quant_conv: PatchableConv2d,
     decoder: Decoder,
 }
 

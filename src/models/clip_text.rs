@@ -3,10 +3,11 @@
 //! encoder's final-layer-normed EOS token projected by `text_projection` (the pooled embedding).
 
 use candle_core::{DType, IndexOp, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
 use serde::Deserialize;
 
 use super::attention::{causal_mask, multi_head_attention};
+use super::patchable::{self, PatchableLinear};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -86,13 +87,13 @@ impl ClipTextConfig {
 
 struct EncoderLayer {
     layer_norm1: LayerNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: PatchableLinear,
+    k_proj: PatchableLinear,
+    v_proj: PatchableLinear,
+    out_proj: PatchableLinear,
     layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: PatchableLinear,
+    fc2: PatchableLinear,
     heads: usize,
     activation: Activation,
 }
@@ -103,13 +104,13 @@ impl EncoderLayer {
         let attn = vb.pp("self_attn");
         Ok(Self {
             layer_norm1: candle_nn::layer_norm(d, config.layer_norm_eps, vb.pp("layer_norm1"))?,
-            q_proj: candle_nn::linear(d, d, attn.pp("q_proj"))?,
-            k_proj: candle_nn::linear(d, d, attn.pp("k_proj"))?,
-            v_proj: candle_nn::linear(d, d, attn.pp("v_proj"))?,
-            out_proj: candle_nn::linear(d, d, attn.pp("out_proj"))?,
+            q_proj: patchable::linear(d, d, attn.pp("q_proj"))?,
+            k_proj: patchable::linear(d, d, attn.pp("k_proj"))?,
+            v_proj: patchable::linear(d, d, attn.pp("v_proj"))?,
+            out_proj: patchable::linear(d, d, attn.pp("out_proj"))?,
             layer_norm2: candle_nn::layer_norm(d, config.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(d, config.intermediate_size, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(config.intermediate_size, d, vb.pp("mlp.fc2"))?,
+            fc1: patchable::linear(d, config.intermediate_size, vb.pp("mlp.fc1"))?,
+            fc2: patchable::linear(config.intermediate_size, d, vb.pp("mlp.fc2"))?,
             heads: config.num_attention_heads,
             activation: config.hidden_act,
         })
@@ -146,7 +147,7 @@ pub struct ClipTextTransformer {
     position_embedding: Embedding,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
-    text_projection: Option<Linear>,
+    text_projection: Option<PatchableLinear>,
     config: ClipTextConfig,
 }
 
@@ -164,7 +165,7 @@ impl ClipTextTransformer {
             layers,
             final_layer_norm: candle_nn::layer_norm(d, config.layer_norm_eps, text.pp("final_layer_norm"))?,
             text_projection: if with_projection {
-                Some(candle_nn::linear_no_bias(d, config.projection_dim, vb.pp("text_projection"))?)
+                Some(patchable::linear_no_bias(d, config.projection_dim, vb.pp("text_projection"))?)
             } else {
                 None
             },

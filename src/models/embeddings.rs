@@ -2,7 +2,9 @@
 //! `get_timestep_embedding`, `Timesteps`, `TimestepEmbedding`).
 
 use candle_core::{DType, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+
+use super::patchable::{self, PatchableLinear};
 
 use crate::error::Result;
 
@@ -25,15 +27,15 @@ pub fn timestep_features(timesteps: &Tensor, dim: usize, flip_sin_to_cos: bool, 
 
 /// `TimestepEmbedding`: linear_1 → SiLU → linear_2.
 pub struct TimestepEmbedding {
-    linear_1: Linear,
-    linear_2: Linear,
+    linear_1: PatchableLinear,
+    linear_2: PatchableLinear,
 }
 
 impl TimestepEmbedding {
     pub fn new(vb: VarBuilder, in_channels: usize, time_embed_dim: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_channels, time_embed_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(time_embed_dim, time_embed_dim, vb.pp("linear_2"))?,
+            linear_1: patchable::linear(in_channels, time_embed_dim, vb.pp("linear_1"))?,
+            linear_2: patchable::linear(time_embed_dim, time_embed_dim, vb.pp("linear_2"))?,
         })
     }
 

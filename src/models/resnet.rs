@@ -2,26 +2,28 @@
 //! `downsampling.py`, `upsampling.py`), shared by the UNet and the VAE.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, Module, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, Module, VarBuilder};
+
+use super::patchable::{self, PatchableConv2d, PatchableLinear};
 
 use crate::error::Result;
 
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
-    conv1: Conv2d,
-    time_emb_proj: Option<Linear>,
+    conv1: PatchableConv2d,
+    time_emb_proj: Option<PatchableLinear>,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
+    conv2: PatchableConv2d,
+    conv_shortcut: Option<PatchableConv2d>,
 }
 
-pub fn conv3x3(vb: VarBuilder, in_channels: usize, out_channels: usize, stride: usize, padding: usize) -> Result<Conv2d> {
+pub fn conv3x3(vb: VarBuilder, in_channels: usize, out_channels: usize, stride: usize, padding: usize) -> Result<PatchableConv2d> {
     let config = Conv2dConfig { padding, stride, ..Default::default() };
-    Ok(candle_nn::conv2d(in_channels, out_channels, 3, config, vb)?)
+    patchable::conv2d(in_channels, out_channels, 3, config, vb)
 }
 
-pub fn conv1x1(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Conv2d> {
-    Ok(candle_nn::conv2d(in_channels, out_channels, 1, Default::default(), vb)?)
+pub fn conv1x1(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<PatchableConv2d> {
+    patchable::conv2d(in_channels, out_channels, 1, Default::default(), vb)
 }
 
 impl ResnetBlock2D {
@@ -38,7 +40,7 @@ impl ResnetBlock2D {
             norm1: candle_nn::group_norm(groups, in_channels, eps, vb.pp("norm1"))?,
             conv1: conv3x3(vb.pp("conv1"), in_channels, out_channels, 1, 1)?,
             time_emb_proj: match temb_channels {
-                Some(t) => Some(candle_nn::linear(t, out_channels, vb.pp("time_emb_proj"))?),
+                Some(t) => Some(patchable::linear(t, out_channels, vb.pp("time_emb_proj"))?),
                 None => None,
             },
             norm2: candle_nn::group_norm(groups, out_channels, eps, vb.pp("norm2"))?,
@@ -69,7 +71,7 @@ impl ResnetBlock2D {
 /// Stride-2 3×3 convolution. The VAE encoder's variant has `padding=0` and pads the
 /// right and bottom edges by one first (diffusers `Downsample2D` with padding 0).
 pub struct Downsample2D {
-    conv: Conv2d,
+    conv: PatchableConv2d,
     asymmetric_padding: bool,
 }
 
@@ -91,7 +93,7 @@ impl Downsample2D {
 /// Nearest-neighbour ×2 (or to an explicit size, for latents not divisible by the
 /// UNet's total down factor) followed by a 3×3 convolution.
 pub struct Upsample2D {
-    conv: Conv2d,
+    conv: PatchableConv2d,
 }
 
 impl Upsample2D {

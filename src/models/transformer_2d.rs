@@ -2,17 +2,18 @@
 //! `attention.py`): self-attention, cross-attention on the text embeddings, GEGLU feed-forward.
 
 use candle_core::{Tensor, D};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{GroupNorm, LayerNorm, Module, VarBuilder};
 
 use super::attention::multi_head_attention;
+use super::patchable::{self, PatchableConv2d, PatchableLinear};
 use crate::error::Result;
 
 /// diffusers `Attention` as the UNet uses it: bias-free q/k/v, biased output projection.
 pub struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: PatchableLinear,
+    to_k: PatchableLinear,
+    to_v: PatchableLinear,
+    to_out: PatchableLinear,
     heads: usize,
 }
 
@@ -20,10 +21,10 @@ impl Attention {
     pub fn new(vb: VarBuilder, query_dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            to_q: patchable::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: patchable::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: patchable::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: patchable::linear(inner, query_dim, vb.pp("to_out.0"))?,
             heads,
         })
     }
@@ -40,16 +41,16 @@ impl Attention {
 
 /// `FeedForward` with the GEGLU activation: proj → (h, gate) → h · gelu(gate) → linear.
 struct FeedForward {
-    geglu_proj: Linear,
-    out: Linear,
+    geglu_proj: PatchableLinear,
+    out: PatchableLinear,
 }
 
 impl FeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
-            geglu_proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+            geglu_proj: patchable::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            out: patchable::linear(inner, dim, vb.pp("net.2"))?,
         })
     }
 
@@ -91,8 +92,8 @@ impl BasicTransformerBlock {
 }
 
 enum Projection {
-    Linear(Linear),
-    Conv(Conv2d),
+    Linear(PatchableLinear),
+    Conv(PatchableConv2d),
 }
 
 pub struct Transformer2DModel {
@@ -118,9 +119,9 @@ impl Transformer2DModel {
         let inner = head_dim * config.heads;
         let projection = |name: &str, from: usize, to: usize| -> Result<Projection> {
             Ok(if config.use_linear_projection {
-                Projection::Linear(candle_nn::linear(from, to, vb.pp(name))?)
+                Projection::Linear(patchable::linear(from, to, vb.pp(name))?)
             } else {
-                Projection::Conv(candle_nn::conv2d(from, to, 1, Default::default(), vb.pp(name))?)
+                Projection::Conv(patchable::conv2d(from, to, 1, Default::default(), vb.pp(name))?)
             })
         };
         let blocks = (0..config.depth)

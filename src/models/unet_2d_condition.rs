@@ -4,10 +4,11 @@
 //! residuals (ControlNet) added to the skips and the mid block.
 
 use candle_core::{DType, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Module, VarBuilder};
+use candle_nn::{GroupNorm, Module, VarBuilder};
 use serde::Deserialize;
 
 use super::embeddings::{timestep_features, TimestepEmbedding};
+use super::patchable::PatchableConv2d;
 use super::resnet::conv3x3;
 use super::unet_blocks::{AttentionSpec, BlockSpec, DownBlock, MidBlock, UpBlock};
 use crate::error::{Error, Result};
@@ -162,12 +163,12 @@ pub struct UNet2DConditionModel {
     config: UNetConfig,
     time_embedding: TimestepEmbedding,
     add_embedding: TimestepEmbedding,
-    conv_in: Conv2d,
+    conv_in: PatchableConv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: PatchableConv2d,
 }
 
 impl UNet2DConditionModel {

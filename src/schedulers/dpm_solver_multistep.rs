@@ -1,25 +1,111 @@
 //! DPMSolverMultistepScheduler (diffusers `scheduling_dpmsolver_multistep.py`), the seed's
-//! default: DPM-Solver++ (and its SDE variant) of order 1–2 with the midpoint solver,
-//! `lower_order_final`, final sigma zero, optional Karras sigmas.
+//! default: DPM-Solver++ and its SDE variant, orders 1–3, midpoint or Heun solver,
+//! `lower_order_final`, `euler_at_final`, final sigma zero or σ_min, optional Karras sigmas.
+//! The first-order update is shared with DPMSolverSinglestep.
 
 use candle_core::Tensor;
 
-use super::euler_discrete::PredictionType;
-use super::noise_schedule::{alphas_cumprod, interpolate, karras_sigmas, round_half_even, sigma_to_t, training_sigmas};
+use super::noise_schedule::{
+    final_sigma, half_log_snr, linear_combination, solver_schedule, vp_alpha_sigma, vp_denoised, KarrasTimesteps,
+    PredictionType,
+};
 use super::{NoiseSource, Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
 
+/// `algorithm_type`: the data-prediction solvers diffusers recommends (the noise-prediction
+/// `dpmsolver`/`sde-dpmsolver` are deprecated there and not offered here).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Algorithm {
+pub enum DpmAlgorithm {
     DpmSolverPlusPlus,
     SdeDpmSolverPlusPlus,
+}
+
+impl DpmAlgorithm {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "dpmsolver++" => Ok(DpmAlgorithm::DpmSolverPlusPlus),
+            "sde-dpmsolver++" => Ok(DpmAlgorithm::SdeDpmSolverPlusPlus),
+            other => Err(Error::Unsupported(format!(
+                "DPM-Solver algorithm_type '{other}' (expected dpmsolver++ or sde-dpmsolver++)"
+            ))),
+        }
+    }
+
+    pub fn is_stochastic(self) -> bool {
+        self == DpmAlgorithm::SdeDpmSolverPlusPlus
+    }
+}
+
+/// `solver_type` of the second/third-order updates. diffusers maps the UniPC names
+/// (logrho, bh1, bh2) to midpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DpmSolverType {
+    Midpoint,
+    Heun,
+}
+
+impl DpmSolverType {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "midpoint" | "logrho" | "bh1" | "bh2" => Ok(DpmSolverType::Midpoint),
+            "heun" => Ok(DpmSolverType::Heun),
+            other => Err(Error::Unsupported(format!("DPM-Solver solver_type '{other}' (expected midpoint or heun)"))),
+        }
+    }
+}
+
+/// α, σ and λ of one Karras sigma in the VP form.
+#[derive(Debug, Clone, Copy)]
+pub struct VpPoint {
+    pub alpha: f32,
+    pub sigma: f32,
+    pub lambda: f32,
+}
+
+impl VpPoint {
+    pub fn at(karras_sigma: f32) -> Self {
+        let (alpha, sigma) = vp_alpha_sigma(karras_sigma);
+        Self { alpha, sigma, lambda: half_log_snr(alpha, sigma) }
+    }
+}
+
+/// `dpm_solver_first_order_update` (DPM-Solver++(1), i.e. DDIM in λ; SDE variant adds noise),
+/// from `source` to `target`.
+pub fn dpm_solver_first_order_update(
+    algorithm: DpmAlgorithm,
+    x0: &Tensor,
+    sample: &Tensor,
+    source: VpPoint,
+    target: VpPoint,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
+    let h = target.lambda - source.lambda;
+    match (algorithm, noise) {
+        // σ_t/σ_s·e^{−h}·x + α_t(1 − e^{−2h})·x0 + σ_t·sqrt(1 − e^{−2h})·z
+        (DpmAlgorithm::SdeDpmSolverPlusPlus, Some(noise)) => {
+            let decay = (-2.0 * h).exp();
+            linear_combination(&[
+                (target.sigma / source.sigma * (-h).exp(), sample),
+                (target.alpha * (1.0 - decay), x0),
+                (target.sigma * (1.0 - decay).sqrt(), noise),
+            ])
+        }
+        (DpmAlgorithm::SdeDpmSolverPlusPlus, None) => {
+            Err(Error::Internal("SDE-DPM-Solver++ step without noise".into()))
+        }
+        // σ_t/σ_s·x − α_t(e^{−h} − 1)·x0
+        (DpmAlgorithm::DpmSolverPlusPlus, _) => {
+            linear_combination(&[(target.sigma / source.sigma, sample), (-(target.alpha * ((-h).exp() - 1.0)), x0)])
+        }
+    }
 }
 
 pub struct DpmSolverMultistep {
     timesteps: Vec<f64>,
     sigmas: Vec<f32>,
     prediction_type: PredictionType,
-    algorithm: Algorithm,
+    algorithm: DpmAlgorithm,
+    solver_type: DpmSolverType,
     solver_order: usize,
     lower_order_final: bool,
     euler_at_final: bool,
@@ -31,140 +117,129 @@ pub struct DpmSolverMultistep {
 
 impl DpmSolverMultistep {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
-        if config.solver_type != "midpoint" && config.solver_type != "heun" {
-            return Err(Error::Unsupported(format!("solver_type '{}'", config.solver_type)));
+        if !(1..=3).contains(&config.solver_order) {
+            return Err(Error::Unsupported(format!(
+                "DPM-Solver++ solver_order {} (expected 1, 2 or 3)",
+                config.solver_order
+            )));
         }
-        if config.solver_order > 2 {
-            return Err(Error::Unsupported("DPM-Solver++ of order 3 (use solver_order 1 or 2)".into()));
-        }
-        let algorithm = match config.algorithm_type.as_str() {
-            "dpmsolver++" => Algorithm::DpmSolverPlusPlus,
-            "sde-dpmsolver++" => Algorithm::SdeDpmSolverPlusPlus,
-            other => return Err(Error::Unsupported(format!("DPM-Solver algorithm_type '{other}'"))),
-        };
-        let ac = alphas_cumprod(config)?;
-        let table = training_sigmas(&ac);
-        let train = config.num_train_timesteps;
-        // lambda_min_clipped defaults to -inf, so the last usable timestep is num_train_timesteps.
-        let last_timestep = train;
-        let mut timesteps: Vec<f64> = match config.timestep_spacing.as_str() {
-            "linspace" => (0..=steps)
-                .map(|i| round_half_even((last_timestep - 1) as f64 * i as f64 / steps as f64))
-                .rev()
-                .take(steps)
-                .collect(),
-            "leading" => {
-                let ratio = last_timestep / (steps + 1);
-                (0..=steps).rev().take(steps).map(|i| (i * ratio + config.steps_offset) as f64).collect()
-            }
-            "trailing" => {
-                let ratio = train as f64 / steps as f64;
-                let mut values = Vec::new();
-                let mut t = last_timestep as f64;
-                while t > 0.0 {
-                    values.push(round_half_even(t) - 1.0);
-                    t -= ratio;
-                }
-                values
-            }
-            other => return Err(Error::Unsupported(format!("timestep_spacing '{other}'"))),
-        };
-        let mut sigmas: Vec<f64>;
-        if config.use_karras_sigmas {
-            let log_sigmas: Vec<f32> = table.iter().map(|s| s.ln()).collect();
-            sigmas = karras_sigmas(table[train - 1] as f64, table[0] as f64, steps);
-            timesteps = sigmas.iter().map(|&s| round_half_even(sigma_to_t(s, &log_sigmas))).collect();
+        // `set_timesteps` rounds Karras timesteps except for the cosine schedule.
+        let rounding = if config.beta_schedule == "squaredcos_cap_v2" {
+            KarrasTimesteps::Fractional
         } else {
-            sigmas = timesteps.iter().map(|&t| interpolate(&table, t)).collect();
-        }
-        let final_sigmas_type = config.final_sigmas_type.as_deref().unwrap_or("zero");
-        let last = match final_sigmas_type {
-            "zero" => 0.0,
-            "sigma_min" => table[0] as f64,
-            other => return Err(Error::Unsupported(format!("final_sigmas_type '{other}'"))),
+            KarrasTimesteps::Rounded
         };
-        sigmas.push(last);
+        let schedule = solver_schedule(config, &config.timestep_spacing, steps, rounding)?;
+        let mut sigmas: Vec<f32> = schedule.sigmas.iter().map(|&s| s as f32).collect();
+        sigmas.push(final_sigma(config)?);
         Ok(Self {
-            timesteps,
-            sigmas: sigmas.into_iter().map(|s| s as f32).collect(),
+            // torch.from_numpy(timesteps).to(int64) truncates fractional (cosine Karras) timesteps.
+            timesteps: schedule.timesteps.iter().map(|t| t.trunc()).collect(),
+            sigmas,
             prediction_type: PredictionType::parse(&config.prediction_type)?,
-            algorithm,
-            solver_order: config.solver_order.max(1),
+            algorithm: DpmAlgorithm::parse(&config.algorithm_type)?,
+            solver_type: DpmSolverType::parse(&config.solver_type)?,
+            solver_order: config.solver_order,
             lower_order_final: config.lower_order_final,
             euler_at_final: config.euler_at_final,
-            final_sigma_is_zero: final_sigmas_type == "zero",
-            model_outputs: vec![None; config.solver_order.max(1)],
+            final_sigma_is_zero: config.final_sigmas_type.as_deref().unwrap_or("zero") == "zero",
+            model_outputs: vec![None; config.solver_order],
             lower_order_nums: 0,
         })
     }
 
-    /// (α_t, σ_t) of the VP form for a Karras-style sigma (`_sigma_to_alpha_sigma_t`).
-    fn alpha_sigma(sigma: f32) -> (f32, f32) {
-        let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-        (alpha, sigma * alpha)
+    fn history(&self, back: usize) -> Result<&Tensor> {
+        self.model_outputs[self.solver_order - 1 - back]
+            .as_ref()
+            .ok_or_else(|| Error::Internal("DPM-Solver higher-order step without history".into()))
     }
 
-    fn lambda(alpha: f32, sigma: f32) -> f32 {
-        alpha.ln() - sigma.ln()
-    }
-
-    /// The data prediction x0 DPM-Solver++ works with (`convert_model_output`).
-    fn convert_model_output(&self, model_output: &Tensor, sample: &Tensor, index: usize) -> Result<Tensor> {
-        let (alpha_t, sigma_t) = Self::alpha_sigma(self.sigmas[index]);
-        Ok(match self.prediction_type {
-            PredictionType::Epsilon => ((sample - (model_output * sigma_t as f64)?)? / alpha_t as f64)?,
-            PredictionType::VPrediction => ((sample * alpha_t as f64)? - (model_output * sigma_t as f64)?)?,
-        })
-    }
-
-    fn first_order_update(&self, x0: &Tensor, sample: &Tensor, index: usize, noise: Option<&Tensor>) -> Result<Tensor> {
-        let (alpha_t, sigma_t) = Self::alpha_sigma(self.sigmas[index + 1]);
-        let (alpha_s, sigma_s) = Self::alpha_sigma(self.sigmas[index]);
-        let h = Self::lambda(alpha_t, sigma_t) - Self::lambda(alpha_s, sigma_s);
-        Ok(match (self.algorithm, noise) {
-            (Algorithm::SdeDpmSolverPlusPlus, Some(noise)) => {
-                let decay = (-h).exp();
-                let a = sigma_t / sigma_s * decay;
-                let b = alpha_t * (1.0 - (-2.0 * h).exp());
-                let c = sigma_t * (1.0 - (-2.0 * h).exp()).sqrt();
-                (((sample * a as f64)? + (x0 * b as f64)?)? + (noise * c as f64)?)?
-            }
-            _ => {
-                let a = sigma_t / sigma_s;
-                let b = alpha_t * ((-h).exp() - 1.0);
-                ((sample * a as f64)? - (x0 * b as f64)?)?
-            }
-        })
-    }
-
+    /// `multistep_dpm_solver_second_order_update`.
     fn second_order_update(&self, sample: &Tensor, index: usize, noise: Option<&Tensor>) -> Result<Tensor> {
-        let (Some(m0), Some(m1)) = (&self.model_outputs[self.solver_order - 1], &self.model_outputs[self.solver_order - 2]) else {
-            return Err(Error::Internal("DPM-Solver second order without history".into()));
-        };
-        let (alpha_t, sigma_t) = Self::alpha_sigma(self.sigmas[index + 1]);
-        let (alpha_s0, sigma_s0) = Self::alpha_sigma(self.sigmas[index]);
-        let (alpha_s1, sigma_s1) = Self::alpha_sigma(self.sigmas[index - 1]);
-        let lambda_t = Self::lambda(alpha_t, sigma_t);
-        let lambda_s0 = Self::lambda(alpha_s0, sigma_s0);
-        let lambda_s1 = Self::lambda(alpha_s1, sigma_s1);
-        let h = lambda_t - lambda_s0;
-        let h_0 = lambda_s0 - lambda_s1;
-        let r0 = h_0 / h;
+        let (m0, m1) = (self.history(0)?, self.history(1)?);
+        let t = VpPoint::at(self.sigmas[index + 1]);
+        let s0 = VpPoint::at(self.sigmas[index]);
+        let s1 = VpPoint::at(self.sigmas[index - 1]);
+        let h = t.lambda - s0.lambda;
+        let r0 = (s0.lambda - s1.lambda) / h;
         let d0 = m0;
         let d1 = ((m0 - m1)? * (1.0 / r0) as f64)?;
-        Ok(match (self.algorithm, noise) {
-            (Algorithm::SdeDpmSolverPlusPlus, Some(noise)) => {
-                let a = sigma_t / sigma_s0 * (-h).exp();
-                let b = alpha_t * (1.0 - (-2.0 * h).exp());
-                let c = sigma_t * (1.0 - (-2.0 * h).exp()).sqrt();
-                ((((sample * a as f64)? + (d0 * b as f64)?)? + (d1 * (0.5 * b) as f64)?)? + (noise * c as f64)?)?
+        match (self.algorithm, noise) {
+            (DpmAlgorithm::DpmSolverPlusPlus, _) => {
+                let b = t.alpha * ((-h).exp() - 1.0);
+                let d1_coefficient = match self.solver_type {
+                    DpmSolverType::Midpoint => -(0.5 * b),
+                    DpmSolverType::Heun => t.alpha * (((-h).exp() - 1.0) / h + 1.0),
+                };
+                linear_combination(&[(t.sigma / s0.sigma, sample), (-b, d0), (d1_coefficient, &d1)])
             }
-            _ => {
-                let a = sigma_t / sigma_s0;
-                let b = alpha_t * ((-h).exp() - 1.0);
-                (((sample * a as f64)? - (d0 * b as f64)?)? - (d1 * (0.5 * b) as f64)?)?
+            (DpmAlgorithm::SdeDpmSolverPlusPlus, Some(noise)) => {
+                let decay = (-2.0 * h).exp();
+                let b = t.alpha * (1.0 - decay);
+                let d1_coefficient = match self.solver_type {
+                    DpmSolverType::Midpoint => 0.5 * b,
+                    DpmSolverType::Heun => t.alpha * ((1.0 - decay) / (-2.0 * h) + 1.0),
+                };
+                linear_combination(&[
+                    (t.sigma / s0.sigma * (-h).exp(), sample),
+                    (b, d0),
+                    (d1_coefficient, &d1),
+                    (t.sigma * (1.0 - decay).sqrt(), noise),
+                ])
             }
-        })
+            (DpmAlgorithm::SdeDpmSolverPlusPlus, None) => {
+                Err(Error::Internal("SDE-DPM-Solver++ step without noise".into()))
+            }
+        }
+    }
+
+    /// `multistep_dpm_solver_third_order_update` (the same formula for both solver types).
+    fn third_order_update(&self, sample: &Tensor, index: usize, noise: Option<&Tensor>) -> Result<Tensor> {
+        let (m0, m1, m2) = (self.history(0)?, self.history(1)?, self.history(2)?);
+        let t = VpPoint::at(self.sigmas[index + 1]);
+        let s0 = VpPoint::at(self.sigmas[index]);
+        let s1 = VpPoint::at(self.sigmas[index - 1]);
+        let s2 = VpPoint::at(self.sigmas[index - 2]);
+        let h = t.lambda - s0.lambda;
+        let r0 = (s0.lambda - s1.lambda) / h;
+        let r1 = (s1.lambda - s2.lambda) / h;
+        let d0 = m0;
+        let d1_0 = ((m0 - m1)? * (1.0 / r0) as f64)?;
+        let d1_1 = ((m1 - m2)? * (1.0 / r1) as f64)?;
+        let d1_difference = (&d1_0 - &d1_1)?;
+        // D1 = D1_0 + r0/(r0 + r1)·(D1_0 − D1_1); D2 = 1/(r0 + r1)·(D1_0 − D1_1)
+        let d1 = (&d1_0 + (&d1_difference * (r0 / (r0 + r1)) as f64)?)?;
+        let d2 = (&d1_difference * (1.0 / (r0 + r1)) as f64)?;
+        match (self.algorithm, noise) {
+            (DpmAlgorithm::DpmSolverPlusPlus, _) => {
+                let e = (-h).exp();
+                linear_combination(&[
+                    (t.sigma / s0.sigma, sample),
+                    (-(t.alpha * (e - 1.0)), d0),
+                    (t.alpha * ((e - 1.0) / h + 1.0), &d1),
+                    (-(t.alpha * ((e - 1.0 + h) / (h * h) - 0.5)), &d2),
+                ])
+            }
+            (DpmAlgorithm::SdeDpmSolverPlusPlus, Some(noise)) => {
+                let decay = (-2.0 * h).exp();
+                let two_h = 2.0 * h;
+                linear_combination(&[
+                    (t.sigma / s0.sigma * (-h).exp(), sample),
+                    (t.alpha * (1.0 - decay), d0),
+                    (t.alpha * ((1.0 - decay) / (-2.0 * h) + 1.0), &d1),
+                    (t.alpha * ((1.0 - decay - two_h) / (two_h * two_h) - 0.5), &d2),
+                    (t.sigma * (1.0 - decay).sqrt(), noise),
+                ])
+            }
+            (DpmAlgorithm::SdeDpmSolverPlusPlus, None) => {
+                Err(Error::Internal("SDE-DPM-Solver++ step without noise".into()))
+            }
+        }
+    }
+
+    /// One per step plus the final one (float32), as diffusers' `scheduler.sigmas`.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
     }
 }
 
@@ -181,24 +256,31 @@ impl Scheduler for DpmSolverMultistep {
         Ok(sample.clone())
     }
 
-    fn step(&mut self, model_output: &Tensor, index: usize, sample: &Tensor, noise: &mut dyn NoiseSource) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        index: usize,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
         let steps = self.timesteps.len();
         let lower_order_final = index == steps - 1
             && (self.euler_at_final || (self.lower_order_final && steps < 15) || self.final_sigma_is_zero);
         let lower_order_second = index + 2 == steps && self.lower_order_final && steps < 15;
-        let x0 = self.convert_model_output(model_output, sample, index)?;
+        let source = VpPoint::at(self.sigmas[index]);
+        let x0 = vp_denoised(self.prediction_type, model_output, sample, source.alpha, source.sigma)?;
         self.model_outputs.rotate_left(1);
         let newest = self.model_outputs.len() - 1;
         self.model_outputs[newest] = Some(x0.clone());
-        let step_noise = match self.algorithm {
-            Algorithm::SdeDpmSolverPlusPlus => Some(noise.sample_like(model_output)?),
-            Algorithm::DpmSolverPlusPlus => None,
-        };
+        // diffusers draws the SDE noise on every step, before choosing the order.
+        let step_noise = if self.algorithm.is_stochastic() { Some(noise.sample_like(model_output)?) } else { None };
         let prev = if self.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
-            self.first_order_update(&x0, sample, index, step_noise.as_ref())?
-        } else {
-            let _ = lower_order_second; // order 2 is the highest we run, so "second" needs no downgrade
+            let target = VpPoint::at(self.sigmas[index + 1]);
+            dpm_solver_first_order_update(self.algorithm, &x0, sample, source, target, step_noise.as_ref())?
+        } else if self.solver_order == 2 || self.lower_order_nums < 2 || lower_order_second {
             self.second_order_update(sample, index, step_noise.as_ref())?
+        } else {
+            self.third_order_update(sample, index, step_noise.as_ref())?
         };
         if self.lower_order_nums < self.solver_order {
             self.lower_order_nums += 1;
@@ -207,7 +289,7 @@ impl Scheduler for DpmSolverMultistep {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
-        let (alpha_t, sigma_t) = Self::alpha_sigma(self.sigmas[index]);
-        Ok(((original * alpha_t as f64)? + (noise * sigma_t as f64)?)?)
+        let point = VpPoint::at(self.sigmas[index]);
+        linear_combination(&[(point.alpha, original), (point.sigma, noise)])
     }
 }

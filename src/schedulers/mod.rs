@@ -2,9 +2,18 @@
 //! `SchedulerConfig` (diffusers' `scheduler_config.json`) plus per-request overrides.
 //! Shared math (beta schedules, timestep spacing, sigma tables, Karras) is in `noise_schedule.rs`.
 
+pub mod capabilities;
+pub mod ddim;
 pub mod dpm_solver_multistep;
+pub mod dpm_solver_singlestep;
+pub mod euler_ancestral_discrete;
 pub mod euler_discrete;
+pub mod heun_discrete;
+pub mod k_dpm_2_ancestral_discrete;
+pub mod k_dpm_2_discrete;
+pub mod lms_discrete;
 pub mod noise_schedule;
+pub mod unipc_multistep;
 
 use candle_core::Tensor;
 use serde::Deserialize;
@@ -93,6 +102,11 @@ pub struct SchedulerConfig {
     pub lower_order_final: bool,
     pub euler_at_final: bool,
     pub eta: f64,
+    /// DDIM: ᾱ after the last step is 1 (true) or ᾱ_0 (false, SDXL's config).
+    pub set_alpha_to_one: bool,
+    /// DDIM and Heun: clamp the predicted x0 to ±`clip_sample_range`.
+    pub clip_sample: bool,
+    pub clip_sample_range: f64,
 }
 
 impl Default for SchedulerConfig {
@@ -114,6 +128,9 @@ impl Default for SchedulerConfig {
             lower_order_final: true,
             euler_at_final: false,
             eta: 0.0,
+            set_alpha_to_one: false,
+            clip_sample: false,
+            clip_sample_range: 1.0,
         }
     }
 }
@@ -238,15 +255,30 @@ pub fn build_scheduler(
     num_inference_steps: usize,
 ) -> Result<Box<dyn Scheduler>> {
     let config = base_config.with_overrides(overrides);
+    capabilities::reject_unhonoured_options(kind, overrides, num_inference_steps)?;
     match kind {
         SchedulerKind::EulerDiscrete => Ok(Box::new(euler_discrete::EulerDiscrete::new(&config, num_inference_steps)?)),
         SchedulerKind::DpmSolverMultistep => {
             Ok(Box::new(dpm_solver_multistep::DpmSolverMultistep::new(&config, num_inference_steps)?))
         }
-        other => Err(Error::Unsupported(format!(
-            "scheduler {} is not implemented yet; use EulerDiscreteScheduler or DPMSolverMultistepScheduler",
-            other.class_name()
-        ))),
+        SchedulerKind::DpmSolverSinglestep => {
+            Ok(Box::new(dpm_solver_singlestep::DpmSolverSinglestep::new(&config, num_inference_steps)?))
+        }
+        SchedulerKind::Ddim => Ok(Box::new(ddim::Ddim::new(&config, num_inference_steps)?)),
+        SchedulerKind::EulerAncestralDiscrete => {
+            Ok(Box::new(euler_ancestral_discrete::EulerAncestralDiscrete::new(&config, num_inference_steps)?))
+        }
+        SchedulerKind::HeunDiscrete => Ok(Box::new(heun_discrete::HeunDiscrete::new(&config, num_inference_steps)?)),
+        SchedulerKind::Kdpm2Discrete => {
+            Ok(Box::new(k_dpm_2_discrete::Kdpm2Discrete::new(&config, num_inference_steps)?))
+        }
+        SchedulerKind::Kdpm2AncestralDiscrete => {
+            Ok(Box::new(k_dpm_2_ancestral_discrete::Kdpm2AncestralDiscrete::new(&config, num_inference_steps)?))
+        }
+        SchedulerKind::LmsDiscrete => Ok(Box::new(lms_discrete::LmsDiscrete::new(&config, num_inference_steps)?)),
+        SchedulerKind::UniPcMultistep => {
+            Ok(Box::new(unipc_multistep::UniPcMultistep::new(&config, num_inference_steps)?))
+        }
     }
 }
 

@@ -1,0 +1,239 @@
+//! Linear and convolution layers whose weight can be swapped while the model stays resident,
+//! so LoRA adapters are fused into the weights and taken out again without reloading
+//! (see `crate::lora`). Each layer keeps the tensor it was loaded with; restoring puts that
+//! same tensor back, so a restored model is bit-identical to a freshly loaded one.
+//!
+//! While a network is built inside [`collect_layers`], every patchable layer registers
+//! itself under its diffusers name (`down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`),
+//! read from the `VarBuilder` prefix. Networks built outside it (the VAE) just aren't registered.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+use std::sync::Arc;
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+
+/// One layer's weight: the loaded tensor and the one forward passes use now.
+pub struct PatchableWeight {
+    name: String,
+    original: Tensor,
+    current: RwLock<Tensor>,
+}
+
+impl PatchableWeight {
+    fn new(name: String, weight: Tensor) -> Self {
+        Self { name, current: RwLock::new(weight.clone()), original: weight }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The weight as loaded, never modified.
+    pub fn original(&self) -> &Tensor {
+        &self.original
+    }
+
+    /// The weight forward passes use now (a cheap handle clone).
+    pub fn current(&self) -> Tensor {
+        self.current.read().clone()
+    }
+
+    /// Replaces the weight forward passes use; `weight` must have the original's shape and dtype.
+    pub fn set(&self, weight: Tensor) -> Result<()> {
+        if weight.dims() != self.original.dims() || weight.dtype() != self.original.dtype() {
+            return Err(Error::Internal(format!(
+                "{}: patched weight {:?} {:?} does not match the loaded {:?} {:?}",
+                self.name,
+                weight.dims(),
+                weight.dtype(),
+                self.original.dims(),
+                self.original.dtype()
+            )));
+        }
+        *self.current.write() = weight;
+        Ok(())
+    }
+
+    /// Puts the loaded tensor back (the same storage, so bit-identical).
+    pub fn restore(&self) {
+        *self.current.write() = self.original.clone();
+    }
+
+    pub fn is_patched(&self) -> bool {
+        self.current.read().id() != self.original.id()
+    }
+}
+
+/// The patchable layers of one network, by diffusers name (sorted, so checksums are stable).
+#[derive(Default)]
+pub struct LayerRegistry {
+    layers: BTreeMap<String, Arc<PatchableWeight>>,
+}
+
+impl LayerRegistry {
+    pub fn get(&self, name: &str) -> Option<&Arc<PatchableWeight>> {
+        self.layers.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<PatchableWeight>)> {
+        self.layers.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// FNV-1a over every layer's name and current weight bits: equal checksums before and
+    /// after an apply/restore cycle prove the weights came back bit for bit.
+    pub fn checksum(&self) -> Result<u64> {
+        let mut hasher = Fnv1a::default();
+        for (name, layer) in &self.layers {
+            hasher.write(name.as_bytes());
+            let weight = layer.current();
+            hasher.write(format!("{:?}{:?}", weight.dtype(), weight.dims()).as_bytes());
+            // Widening to f32 is exact for f16/bf16, so equal bits in ⇔ equal bits out.
+            for value in weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
+                hasher.write(&value.to_bits().to_le_bytes());
+            }
+        }
+        Ok(hasher.finish())
+    }
+}
+
+#[derive(Default)]
+struct Fnv1a(Option<u64>);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0.unwrap_or(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = self.finish();
+        for &byte in bytes {
+            hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = Some(hash);
+    }
+}
+
+struct Collector {
+    root: String,
+    layers: BTreeMap<String, Arc<PatchableWeight>>,
+}
+
+thread_local! {
+    static COLLECTOR: RefCell<Option<Collector>> = const { RefCell::new(None) };
+}
+
+/// Builds a network and returns it with the registry of its patchable layers. `root` is the
+/// builder's prefix for the network (`""` for a diffusers folder, `"unet"` for the built-in
+/// model), stripped from the registered names.
+pub fn collect_layers<T>(root: &str, build: impl FnOnce() -> Result<T>) -> Result<(T, LayerRegistry)> {
+    let previous = COLLECTOR.with(|c| c.borrow_mut().replace(Collector { root: root.to_string(), layers: BTreeMap::new() }));
+    let built = build();
+    let collected = COLLECTOR.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
+    let layers = collected.map(|c| c.layers).unwrap_or_default();
+    Ok((built?, LayerRegistry { layers }))
+}
+
+fn register(prefix: String, weight: Tensor) -> Arc<PatchableWeight> {
+    COLLECTOR.with(|c| {
+        let mut collector = c.borrow_mut();
+        let name = match collector.as_ref() {
+            Some(collector) if !collector.root.is_empty() => {
+                prefix.strip_prefix(&format!("{}.", collector.root)).map(str::to_string).unwrap_or(prefix)
+            }
+            _ => prefix,
+        };
+        let layer = Arc::new(PatchableWeight::new(name.clone(), weight));
+        if let Some(collector) = collector.as_mut() {
+            collector.layers.insert(name, layer.clone());
+        }
+        layer
+    })
+}
+
+/// `nn.Linear` whose weight can be patched.
+pub struct PatchableLinear {
+    weight: Arc<PatchableWeight>,
+    bias: Option<Tensor>,
+}
+
+impl PatchableLinear {
+    fn from_candle(layer: candle_nn::Linear, prefix: String) -> Self {
+        Self { bias: layer.bias().cloned(), weight: register(prefix, layer.weight().clone()) }
+    }
+}
+
+impl Module for PatchableLinear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // Same kernels as candle's Linear: the wrapper only decides which weight it sees.
+        candle_nn::Linear::new(self.weight.current(), self.bias.clone()).forward(x)
+    }
+}
+
+/// `candle_nn::linear` (same weight names and init hints), patchable.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<PatchableLinear> {
+    let prefix = vb.prefix();
+    Ok(PatchableLinear::from_candle(candle_nn::linear(in_dim, out_dim, vb)?, prefix))
+}
+
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<PatchableLinear> {
+    let prefix = vb.prefix();
+    Ok(PatchableLinear::from_candle(candle_nn::linear_no_bias(in_dim, out_dim, vb)?, prefix))
+}
+
+/// `nn.Conv2d` whose weight can be patched.
+pub struct PatchableConv2d {
+    weight: Arc<PatchableWeight>,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+impl Module for PatchableConv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::Conv2d::new(self.weight.current(), self.bias.clone(), self.config).forward(x)
+    }
+}
+
+/// `candle_nn::conv2d` (same weight names and init hints), patchable.
+pub fn conv2d(in_channels: usize, out_channels: usize, kernel: usize, config: Conv2dConfig, vb: VarBuilder) -> Result<PatchableConv2d> {
+    let prefix = vb.prefix();
+    let layer = candle_nn::conv2d(in_channels, out_channels, kernel, config, vb)?;
+    Ok(PatchableConv2d { bias: layer.bias().cloned(), config, weight: register(prefix, layer.weight().clone()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn registers_by_name_and_restores_the_same_storage() {
+        let mut tensors = std::collections::HashMap::new();
+        tensors.insert("unet.proj.weight".to_string(), Tensor::ones((3, 2), DType::F32, &Device::Cpu).unwrap());
+        tensors.insert("unet.proj.bias".to_string(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let (layer, registry) = collect_layers("unet", || linear(2, 3, vb.pp("unet").pp("proj"))).unwrap();
+        let weight = registry.get("proj").expect("registered without the root prefix");
+        let before = registry.checksum().unwrap();
+        weight.set((weight.original() * 2.0).unwrap()).unwrap();
+        assert!(weight.is_patched());
+        let x = Tensor::ones((1, 2), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(layer.forward(&x).unwrap().to_vec2::<f32>().unwrap(), vec![vec![4f32, 4., 4.]]);
+        assert_ne!(registry.checksum().unwrap(), before);
+        weight.restore();
+        assert!(!weight.is_patched());
+        assert_eq!(registry.checksum().unwrap(), before);
+    }
+}
