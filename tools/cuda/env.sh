@@ -13,12 +13,14 @@ if [ ! -x "$ROOT/nvidia/cu13/bin/nvcc" ]; then
         -d "$ROOT/wheels" \
         "nvidia-cuda-nvcc==${CUDA_VERSION_PIN}.*" "nvidia-cuda-crt==${CUDA_VERSION_PIN}.*" \
         "nvidia-nvvm==${CUDA_VERSION_PIN}.*" "nvidia-cuda-runtime==${CUDA_VERSION_PIN}.*" \
-        "nvidia-cuda-cccl==${CUDA_VERSION_PIN}.*"
+        "nvidia-cuda-cccl==${CUDA_VERSION_PIN}.*" \
+        "nvidia-cuda-nvrtc==${CUDA_VERSION_PIN}.*" "nvidia-cublas==${CUDA_VERSION_PIN}.*" "nvidia-curand"
     for wheel in "$ROOT"/wheels/*.whl; do
         python3 -m zipfile -e "$wheel" "$ROOT"
     done
     chmod +x "$ROOT"/nvidia/cu13/bin/* "$ROOT"/nvidia/cu13/nvvm/bin/* 2>/dev/null || true
-    # Only link time needs libcuda; the real driver library is found at run time on the GPU machine.
+    # candle links cuBLAS, cuRAND and NVRTC (wheels above); libcuda comes from the driver,
+    # so only a link-time stub is needed here; the GPU machine has the real one.
     mkdir -p "$ROOT/stubs"
     echo 'int cuInit(unsigned int flags) { (void)flags; return 0; }' \
         | gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$ROOT/stubs/libcuda.so" -x c -
