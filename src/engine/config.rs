@@ -27,6 +27,9 @@ pub struct EngineConfig {
     pub torch_cpu_kernel: String,
     /// Loaded models kept resident at once (least recently used are dropped first).
     pub max_loaded_models: usize,
+    /// Device memory a request's activations may use (GiB); a request estimated above it
+    /// is refused with OUT_OF_MEMORY before it starts. None: no limit.
+    pub max_memory_gb: Option<f64>,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +43,7 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             torch_cpu_kernel: "vectorized".into(),
             max_loaded_models: 2,
+            max_memory_gb: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod memory;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -255,6 +256,15 @@ impl Engine {
         let _guard = self.run_lock.lock();
         self.cancel_requested.store(false, Ordering::SeqCst);
         let model = self.model(&plan.base_model, None)?;
+        if let Some(budget_gb) = self.config.max_memory_gb {
+            let needed = memory::estimate_request_bytes(&model, &plan);
+            if needed as f64 > budget_gb * (1u64 << 30) as f64 {
+                return Err(Error::OutOfMemory(format!(
+                    "this request needs about {} of activations ({}x{}, batch {}), more than max_memory_gb {budget_gb}; lower the size or batch",
+                    memory::gib(needed), plan.width, plan.height, plan.batch_size
+                )));
+            }
+        }
         if model.description.starts_with("built-in") {
             warnings.push("used the built-in tiny demo model (random weights): images are noise-like patterns, not pictures".into());
         }

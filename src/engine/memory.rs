@@ -1,0 +1,53 @@
+//! How much device memory a request needs, estimated before it runs, so a request that
+//! cannot fit is refused with OUT_OF_MEMORY and the estimate instead of failing mid-run.
+//! The dominant terms of SDXL at inference time: attention score matrices of the UNet's
+//! token-heaviest level, the skip-connection feature maps, and the VAE decoder at full
+//! resolution (its mid-block attention over every latent cell, float32).
+
+use candle_core::DType;
+
+use crate::api::validate::GenerationPlan;
+use crate::loader::SdxlModel;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn dtype_bytes(dtype: DType) -> u64 {
+    dtype.size_in_bytes() as u64
+}
+
+/// Peak bytes of activations for one request on the model (weights excluded).
+pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
+    let unet = model.unet.config();
+    let factor = model.vae.config().downscale_factor() as u64;
+    let (h, w) = (plan.height as u64 / factor, plan.width as u64 / factor);
+    let rows = plan.batch_size as u64 * if plan.guidance_scale > 1.0 { 2 } else { 1 };
+    let element = dtype_bytes(model.dtype);
+    // Attention: q·kᵀ and its softmax, for the level with the most tokens that has attention.
+    let levels = unet.block_out_channels.len();
+    let attention = (0..levels)
+        .filter(|&level| unet.down_block_types[level].starts_with("CrossAttn"))
+        .map(|level| {
+            let tokens = (h >> level) * (w >> level);
+            let heads = match unet.num_attention_heads.as_ref().unwrap_or(&unet.attention_head_dim) {
+                crate::models::unet_2d_condition::PerBlock::One(n) => *n as u64,
+                crate::models::unet_2d_condition::PerBlock::Each(list) => *list.get(level).unwrap_or(&1) as u64,
+            };
+            2 * rows * heads * tokens * tokens * element
+        })
+        .max()
+        .unwrap_or(0);
+    // Feature maps kept for the skip connections plus a few working buffers per level.
+    let features: u64 = (0..levels)
+        .map(|level| rows * unet.block_out_channels[level] as u64 * (h >> level) * (w >> level) * element * 8)
+        .sum();
+    let vae = model.vae.config();
+    let vae_element = dtype_bytes(model.vae_dtype);
+    let latent_tokens = h * w;
+    let vae_attention = 2 * latent_tokens * latent_tokens * vae_element;
+    let full_resolution = plan.height as u64 * plan.width as u64 * vae.block_out_channels[0] as u64 * vae_element * 4;
+    attention + features + vae_attention.max(full_resolution)
+}
+
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / GIB)
+}
