@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (through the device tool), from the repo root, after
-# tools/cuda/build.sh staged .dev/gpu/ and the diffusers wheel sits in .dev/whl/.
+# tools/cuda/build.sh staged .dev/gpu/ (gzip it to .dev/ship/gpu_bench.gz) and the
+# diffusers wheel sits in .dev/whl/; carry [".dev/ship", ".dev/whl"].
 #   run_on_device.sh bench     GPU parity on the tiny fixtures + our bench + diffusers' bench
 #   run_on_device.sh compare   full-size parity with diffusers on the same random weights
 # Results go to $OUT (JSON lines), one file per part.
@@ -11,7 +12,9 @@ PY=/opt/torch/.venv/bin/python3
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .dev/whl/*.whl && export PYTHONPATH=/tmp/site
-chmod +x .dev/gpu/*
+# The bench binary travels gzipped (candle embeds every kernel's PTX: 56 MB raw, 15 MB packed).
+mkdir -p .dev/gpu
+[ -x .dev/gpu/gpu_bench ] || { gunzip -c .dev/ship/gpu_bench.gz > .dev/gpu/gpu_bench && chmod +x .dev/gpu/gpu_bench; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 
 sample_memory() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$1" & echo $!; }
