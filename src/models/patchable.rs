@@ -200,9 +200,45 @@ pub struct PatchableConv2d {
     config: Conv2dConfig,
 }
 
+/// candle convolves through an im2col buffer of Cin·k²·H·W elements: 4.8 GB for the SDXL
+/// VAE's 128-channel 1024² layers. Above this size the output is computed in horizontal
+/// bands (each with its own, smaller buffer); every output value is the same dot product.
+const IM2COL_BAND_BYTES: usize = 256 << 20;
+
 impl Module for PatchableConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::Conv2d::new(self.weight.current(), self.bias.clone(), self.config).forward(x)
+        self.forward_in_bands(x, IM2COL_BAND_BYTES)
+    }
+}
+
+impl PatchableConv2d {
+    fn forward_in_bands(&self, x: &Tensor, band_bytes: usize) -> candle_core::Result<Tensor> {
+        let weight = self.weight.current();
+        let conv = |config: Conv2dConfig, input: &Tensor| candle_nn::Conv2d::new(weight.clone(), self.bias.clone(), config).forward(input);
+        let (batch, in_channels, height, width) = x.dims4()?;
+        let kernel = weight.dim(2)?;
+        let c = self.config;
+        if kernel == 1 || c.stride != 1 || c.dilation != 1 || c.groups != 1 {
+            return conv(c, x);
+        }
+        let out_height = (height + 2 * c.padding + 1).saturating_sub(kernel);
+        let out_width = (width + 2 * c.padding + 1).saturating_sub(kernel);
+        let buffer = batch * in_channels * kernel * kernel * out_height * out_width * x.dtype().size_in_bytes();
+        if buffer <= band_bytes || out_height < 2 {
+            return conv(c, x);
+        }
+        let bands = buffer.div_ceil(band_bytes).min(out_height);
+        let rows_per_band = out_height.div_ceil(bands);
+        let padded = x.pad_with_zeros(2, c.padding, c.padding)?.pad_with_zeros(3, c.padding, c.padding)?;
+        let unpadded = Conv2dConfig { padding: 0, ..c };
+        let mut outputs = Vec::with_capacity(bands);
+        let mut start = 0;
+        while start < out_height {
+            let rows = rows_per_band.min(out_height - start);
+            outputs.push(conv(unpadded, &padded.narrow(2, start, rows + kernel - 1)?)?);
+            start += rows;
+        }
+        Tensor::cat(&outputs, 2)
     }
 }
 
@@ -217,6 +253,23 @@ pub fn conv2d(in_channels: usize, out_channels: usize, kernel: usize, config: Co
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn banded_convolution_equals_the_whole_one() {
+        let device = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1.0, (5, 3, 3, 3), &device).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 5, &device).unwrap();
+        let conv = PatchableConv2d {
+            weight: Arc::new(PatchableWeight::new("w".into(), weight)),
+            bias: Some(bias),
+            config: Conv2dConfig { padding: 1, ..Default::default() },
+        };
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 17, 9), &device).unwrap();
+        let whole = conv.forward_in_bands(&x, usize::MAX).unwrap();
+        let banded = conv.forward_in_bands(&x, 1000).unwrap();
+        let diff = (whole - banded).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
+    }
 
     #[test]
     fn registers_by_name_and_restores_the_same_storage() {

@@ -82,7 +82,7 @@ def bench(steps):
     times = []
     for _ in range(5):
         start = time.perf_counter()
-        pipe.encode_prompt(PROMPT, "cuda", 1, True, negative_prompt="blurry")
+        pipe.encode_prompt(PROMPT, device="cuda", num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt="blurry")
         times.append(seconds(start) * 1000)
     emit(kind="text_encode_ms", values=times)
     latents = torch.randn(2, 4, 128, 128, device="cuda", dtype=torch.float16)
