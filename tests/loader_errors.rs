@@ -109,3 +109,19 @@ fn model_names_resolve_like_the_seed_and_never_reach_the_network() {
     assert_eq!(err.code_name(), "MODEL_NOT_FOUND");
     assert!(err.to_string().contains("never downloaded"), "{err}");
 }
+
+#[test]
+fn text_encoders_saved_without_the_text_model_prefix_load_too() {
+    use sdxl::loader::safetensors_file::SafetensorsFile;
+    let dir = scratch("unprefixed");
+    copy_dir(&fixtures().join("tiny-sdxl"), &dir);
+    let path = dir.join("text_encoder/model.safetensors");
+    let file = SafetensorsFile::open(&path).unwrap();
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = file
+        .names()
+        .map(|name| (name.strip_prefix("text_model.").unwrap_or(name).to_string(), file.load(name, &candle_core::Device::Cpu).unwrap()))
+        .collect();
+    drop(file);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    loader::load_diffusers_folder(&dir, &cpu_options()).expect("transformers 5 layout loads");
+}

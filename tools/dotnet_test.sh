@@ -3,6 +3,9 @@
 # mono-mcs and mono-runtime). Usage: tools/dotnet_test.sh [test-name-filter ...]
 #   SDXL_NO_CARGO=1   use target/debug/libsdxl.so as it is (no cargo build)
 #   SDXL_SKIP_E2E=1   skip the tests that run the real library
+#   SDXL_NATIVE_LIBRARY=/path/libsdxl.so   the library under test (default target/debug/libsdxl.so);
+#                     the tests find it through this override, as an application would
+# The last line printed is "N passed, N failed".
 # Exit code: the number of failed tests (or 1..2 when building fails).
 set -euo pipefail
 
@@ -29,13 +32,13 @@ mkdir -p "$out"
 # C# 7.2 (what the .NET 8 SDK build of dotnet/src/DeviceOperations.Sdxl.csproj also uses).
 mcs -langversion:7.2 -warnaserror+ -nologo -target:library -out:"$out/DeviceOperations.Sdxl.dll" \
     -r:System.dll -r:System.Core.dll \
-    bindings/csharp/SdxlNative.cs dotnet/src/*.cs
+    bindings/csharp/*.cs dotnet/src/*.cs
 mcs -langversion:7.2 -warnaserror+ -nologo -target:exe -out:"$out/tests.exe" \
     -r:"$out/DeviceOperations.Sdxl.dll" -r:System.dll -r:System.Core.dll \
     dotnet/tests/*.cs
 
 set +e
-SDXL_REPO_ROOT="$root" LD_LIBRARY_PATH="$root/target/debug${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+SDXL_REPO_ROOT="$root" SDXL_NATIVE_LIBRARY="${SDXL_NATIVE_LIBRARY:-$root/target/debug/libsdxl.so}" \
     mono --debug "$out/tests.exe" "$@"
 failures=$?
 set -e

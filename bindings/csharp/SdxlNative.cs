@@ -6,6 +6,10 @@
 // with sdxl_string_free; sdxl_last_error() and sdxl_version() are library-owned and must
 // never be freed. Input strings are NUL-terminated UTF-8 (use ToUtf8Z).
 //
+// Loading: call SdxlNativeLibrary.EnsureLoaded() before the first call here (the .NET
+// library does); it finds libsdxl (SDXL_NATIVE_LIBRARY, runtimes/<rid>/native/, ...) and
+// binds "sdxl" to it. Without it the runtime's default search applies.
+//
 // C# 7.2: must build with Mono's mcs and with the .NET 8 SDK.
 
 using System;

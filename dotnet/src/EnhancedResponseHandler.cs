@@ -4,7 +4,6 @@
 
 using System;
 using System.Collections.Generic;
-using System.Globalization;
 
 namespace DeviceOperations.Sdxl
 {
@@ -120,23 +119,6 @@ namespace DeviceOperations.Sdxl
                 response.FieldErrors.AddRange(fieldErrors);
             }
             return response;
-        }
-
-        /// <summary>The engine's failure JSON for a request that never reached it (same shape as Rust's).</summary>
-        internal static string FailureJson(string requestId, int code, string error)
-        {
-            var seconds = (DateTime.UtcNow - new DateTime(1970, 1, 1, 0, 0, 0, DateTimeKind.Utc)).TotalSeconds;
-            return new JsonObject()
-                .Add("request_id", requestId ?? string.Empty)
-                .Add("success", false)
-                .Add("error", error)
-                .Add("error_code", SdxlErrorCode.Name(code))
-                .Add("error_number", code)
-                .Add("field_errors", new object[0])
-                .Add("warnings", new object[0])
-                .Add("execution_time", 0.0)
-                .Add("timestamp", Math.Round(seconds, 3))
-                .ToString();
         }
     }
 }

@@ -1,8 +1,9 @@
 // A small JSON writer and reader, so the library needs nothing beyond the base class
-// library (no Newtonsoft, no System.Text.Json on netstandard2.0/Mono).
+// library (no Newtonsoft, no System.Text.Json on netstandard2.0/Mono). Why not
+// DataContractJsonSerializer: see dotnet/README.md ("JSON").
 // Writer: ordered objects (JsonObject), null members omitted unless asked for.
-// Reader: objects become Dictionary<string, object>, arrays List<object>, numbers long
-// or double, plus string, bool and null.
+// Reader (RFC 8259, strict): objects become Dictionary<string, object>, arrays List<object>,
+// numbers long (ulong past long.MaxValue) or double, plus string, bool and null.
 
 using System;
 using System.Collections;
@@ -486,48 +487,93 @@ namespace DeviceOperations.Sdxl
                 }
             }
 
+            /// <summary>RFC 8259's grammar exactly: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?.
+            /// Integers become long (ulong above long.MaxValue), the rest double; a number
+            /// beyond double's range is an error (runtimes differ on parsing it as infinity).</summary>
             private object ReadNumber()
             {
                 var start = _position;
                 var isInteger = true;
-                if (_text[_position] == '-')
+                if (Peek() == '-')
                 {
                     _position++;
                 }
-                while (_position < _text.Length)
+                if (Peek() == '0')
                 {
-                    var c = _text[_position];
-                    if (c >= '0' && c <= '9')
+                    _position++;
+                    if (IsDigit(Peek()))
+                    {
+                        throw Error("leading zero in a number");
+                    }
+                }
+                else if (!ReadDigits())
+                {
+                    throw Error("expected a digit");
+                }
+                if (Peek() == '.')
+                {
+                    isInteger = false;
+                    _position++;
+                    if (!ReadDigits())
+                    {
+                        throw Error("expected a digit after the decimal point");
+                    }
+                }
+                if (Peek() == 'e' || Peek() == 'E')
+                {
+                    isInteger = false;
+                    _position++;
+                    if (Peek() == '+' || Peek() == '-')
                     {
                         _position++;
                     }
-                    else if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')
+                    if (!ReadDigits())
                     {
-                        isInteger = false;
-                        _position++;
-                    }
-                    else
-                    {
-                        break;
+                        throw Error("expected a digit in the exponent");
                     }
                 }
                 var token = _text.Substring(start, _position - start);
-                long integer;
-                if (isInteger && long.TryParse(token, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out integer))
+                if (isInteger)
                 {
-                    return integer;
-                }
-                ulong large;
-                if (isInteger && ulong.TryParse(token, NumberStyles.None, CultureInfo.InvariantCulture, out large))
-                {
-                    return large;
+                    long integer;
+                    if (long.TryParse(token, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out integer))
+                    {
+                        return integer;
+                    }
+                    ulong large;
+                    if (ulong.TryParse(token, NumberStyles.None, CultureInfo.InvariantCulture, out large))
+                    {
+                        return large;
+                    }
                 }
                 double number;
-                if (double.TryParse(token, NumberStyles.Float, CultureInfo.InvariantCulture, out number))
+                if (double.TryParse(token, NumberStyles.Float, CultureInfo.InvariantCulture, out number) && !double.IsInfinity(number))
                 {
                     return number;
                 }
-                throw Error("bad number '" + token + "'");
+                _position = start;
+                throw Error("number out of range '" + token + "'");
+            }
+
+            private char Peek()
+            {
+                return _position < _text.Length ? _text[_position] : '\0';
+            }
+
+            private static bool IsDigit(char c)
+            {
+                return c >= '0' && c <= '9';
+            }
+
+            /// <summary>Consumes [0-9]*; false when there was none.</summary>
+            private bool ReadDigits()
+            {
+                var start = _position;
+                while (IsDigit(Peek()))
+                {
+                    _position++;
+                }
+                return _position > start;
             }
         }
     }

@@ -5,6 +5,7 @@ using System.Collections.Generic;
 using System.Collections.ObjectModel;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Threading;
 using DeviceOperations.Sdxl.Native;
 
 [assembly: InternalsVisibleTo("tests")]
@@ -196,33 +197,33 @@ namespace DeviceOperations.Sdxl
             return new SdxlException(code, response.Error ?? SdxlErrorCode.Name(code), response.FieldErrors, null);
         }
 
-        /// <summary>Runs a native call, turning a missing libsdxl into an SdxlException that
-        /// says what was looked for and where.</summary>
+        /// <summary>Runs a native call after SdxlNativeLibrary.EnsureLoaded (which must run
+        /// before the method holding the P/Invoke is first compiled: call sites pass a lambda),
+        /// turning a missing libsdxl into an SdxlException that lists every path tried.</summary>
         public static T Invoke<T>(Func<T> call)
         {
+            try
+            {
+                SdxlNativeLibrary.EnsureLoaded();
+            }
+            catch (DllNotFoundException ex)
+            {
+                // SDXL_NATIVE_LIBRARY is set and does not load: the message lists it.
+                throw new SdxlException(SdxlErrorCode.Internal, ex.Message, null, ex);
+            }
             try
             {
                 return call();
             }
             catch (DllNotFoundException ex)
             {
-                throw LibraryNotFound(ex);
+                throw new SdxlException(SdxlErrorCode.Internal, SdxlNativeLibrary.DescribeFailure(ex.Message), null, ex);
             }
             catch (EntryPointNotFoundException ex)
             {
                 throw new SdxlException(SdxlErrorCode.Internal,
-                    "libsdxl was found but lacks an export this binding needs (" + ex.Message + "); the library is older than the binding", null, ex);
+                    "libsdxl was found (" + SdxlNativeLibrary.Binding + ") but lacks an export this binding needs (" + ex.Message + "); the library is older than the binding", null, ex);
             }
-        }
-
-        private static SdxlException LibraryNotFound(Exception ex)
-        {
-            var message = "libsdxl not found: looked for the native library '" + SdxlNative.LibraryName +
-                "' (libsdxl.so on Linux, libsdxl.dylib on macOS, sdxl.dll on Windows) next to the application (" +
-                AppDomain.CurrentDomain.BaseDirectory + "), in runtimes/<rid>/native/, and on the loader path " +
-                "(LD_LIBRARY_PATH=" + (Environment.GetEnvironmentVariable("LD_LIBRARY_PATH") ?? "<unset>") +
-                "; on Mono a <dllmap dll=\"sdxl\"> in DeviceOperations.Sdxl.dll.config also works): " + ex.Message;
-            return new SdxlException(SdxlErrorCode.Internal, message, null, ex);
         }
     }
 
@@ -230,6 +231,11 @@ namespace DeviceOperations.Sdxl
     /// call holds a reference (DangerousAddRef), so freeing never races a running request.</summary>
     public sealed class SdxlEngineHandle : SafeHandle
     {
+        // Engines created and not yet freed, process-wide (for leak checks and tests).
+        private static int s_openCount;
+        private int _counted;
+        private int _disposeRequested;
+
         public SdxlEngineHandle()
             : base(IntPtr.Zero, true)
         {
@@ -239,6 +245,18 @@ namespace DeviceOperations.Sdxl
             : base(IntPtr.Zero, true)
         {
             SetHandle(engine);
+            if (engine != IntPtr.Zero)
+            {
+                _counted = 1;
+                Interlocked.Increment(ref s_openCount);
+            }
+        }
+
+        /// <summary>Native engines this process created whose sdxl_free has not run yet
+        /// (by Dispose, or by the finalizer for an engine never disposed).</summary>
+        public static int OpenCount
+        {
+            get { return Volatile.Read(ref s_openCount); }
         }
 
         public override bool IsInvalid
@@ -254,12 +272,36 @@ namespace DeviceOperations.Sdxl
         {
             SdxlNative.sdxl_free(handle);
             ProgressCallback = null;
+            if (Interlocked.Exchange(ref _counted, 0) == 1)
+            {
+                Interlocked.Decrement(ref s_openCount);
+            }
             return true;
         }
 
-        /// <summary>Holds a reference for the duration of one native call.</summary>
-        internal Lease Acquire()
+        /// <summary>True once Dispose (or the finalizer) ran. SafeHandle only refuses new
+        /// references once the last one is released (IsClosed), so a call holding the handle
+        /// would otherwise let new calls in after Dispose.</summary>
+        public bool IsDisposeRequested
         {
+            get { return Volatile.Read(ref _disposeRequested) != 0; }
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            Interlocked.Exchange(ref _disposeRequested, 1);
+            base.Dispose(disposing);
+        }
+
+        /// <summary>Holds a reference for the duration of one native call; refused
+        /// (ObjectDisposedException) after Dispose unless evenWhileDisposing (sdxl_cancel for
+        /// a request still running).</summary>
+        internal Lease Acquire(bool evenWhileDisposing = false)
+        {
+            if (!evenWhileDisposing && IsDisposeRequested)
+            {
+                throw new ObjectDisposedException("SdxlEngine", "the engine has been disposed");
+            }
             return new Lease(this);
         }
 

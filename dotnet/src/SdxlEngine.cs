@@ -16,7 +16,8 @@ namespace DeviceOperations.Sdxl
     /// <summary>What SdxlNativeService sends requests to: one engine or a pool of them.</summary>
     public interface ISdxlGenerator
     {
-        /// <summary>Runs one request JSON (envelope or bare) and returns the response JSON.</summary>
+        /// <summary>Runs one request JSON (envelope or bare) and returns the response JSON.
+        /// Throws OperationCanceledException when cancellationToken cancels the request.</summary>
         Task<string> GenerateJsonAsync(string requestJson, IProgress<SdxlProgress> progress, CancellationToken cancellationToken);
     }
 
@@ -117,9 +118,16 @@ namespace DeviceOperations.Sdxl
             }, cancellationToken);
         }
 
-        /// <summary>Generates images for the seed's request. Request failures (validation,
-        /// cancellation, a missing model) come back as Success=false with ErrorCode and
-        /// FieldErrors; only a disposed engine or a missing libsdxl throws.</summary>
+        /// <summary>Generates images for the seed's request. Request failures (validation, a
+        /// missing model, out of memory) come back as Success=false with ErrorCode and
+        /// FieldErrors. Cancelling cancellationToken (before or during the request) throws
+        /// OperationCanceledException whose InnerException is the native CANCELLED
+        /// SdxlException when the request had started; the engine serves the next request
+        /// normally. A disposed engine throws ObjectDisposedException, a missing libsdxl
+        /// SdxlException. Progress is reported synchronously on the native thread, in order
+        /// (encode, denoise 0..N, decode, save); Progress&lt;T&gt; re-posts each report to its
+        /// SynchronizationContext (the thread pool when none), which can reorder them, so
+        /// pass an IProgress that handles reports inline when order matters.</summary>
         public async Task<EnhancedSDXLResponse> GenerateAsync(EnhancedSDXLRequest request, IProgress<SdxlProgress> progress = null, CancellationToken cancellationToken = default(CancellationToken))
         {
             if (request == null)
@@ -133,7 +141,8 @@ namespace DeviceOperations.Sdxl
         }
 
         /// <summary>Runs a raw request JSON (an inference_request / status_request /
-        /// model_load_request envelope, or a bare request) and returns the response JSON.</summary>
+        /// model_load_request envelope, or a bare request) and returns the response JSON;
+        /// cancellation throws OperationCanceledException as GenerateAsync does.</summary>
         public Task<string> GenerateJsonAsync(string requestJson, CancellationToken cancellationToken = default(CancellationToken))
         {
             return GenerateJsonAsync(requestJson, null, cancellationToken);
@@ -181,57 +190,94 @@ namespace DeviceOperations.Sdxl
             }, cancellationToken);
         }
 
+        /// <summary>Refuses new calls at once (ObjectDisposedException); sdxl_free runs now, or
+        /// when the request still running releases the handle. An engine never disposed is
+        /// freed by the handle's finalizer.</summary>
         public void Dispose()
         {
-            // sdxl_free runs now, or when the last running call releases the handle.
             _handle.Dispose();
         }
 
-        private Task<string> RunAsync(string json, string requestId, IProgress<SdxlProgress> progress, CancellationToken cancellationToken)
+        /// <summary>Submits one request. A token cancelled before submission, or one that
+        /// stops the request while it runs, ends the task as cancelled
+        /// (OperationCanceledException, with the native CANCELLED error as the inner
+        /// SdxlException); any other outcome, failures included, is the response JSON.</summary>
+        private async Task<string> RunAsync(string json, string requestId, IProgress<SdxlProgress> progress, CancellationToken cancellationToken)
         {
-            if (_handle.IsClosed)
+            if (_handle.IsDisposeRequested)
             {
                 throw new ObjectDisposedException("SdxlEngine");
             }
+            cancellationToken.ThrowIfCancellationRequested();
             var state = new RequestState { RequestId = requestId, Progress = progress, Token = cancellationToken };
             Interlocked.Increment(ref _busy);
-            return Task.Run(() =>
+            string responseJson;
+            try
             {
-                var registered = requestId != null && _inFlight.TryAdd(requestId, state);
-                try
+                responseJson = await Task.Run(() => RunNative(json, state)).ConfigureAwait(false);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _busy);
+            }
+            string nativeError;
+            if (cancellationToken.IsCancellationRequested && IsCancelledResponse(responseJson, out nativeError))
+            {
+                // A request that finished before the cancel arrived keeps its result.
+                var inner = new SdxlException(SdxlErrorCode.Cancelled, nativeError ?? "cancelled");
+                throw new OperationCanceledException("The SDXL request " + (requestId ?? string.Empty) + " was cancelled", inner, cancellationToken);
+            }
+            return responseJson;
+        }
+
+        /// <summary>The blocking native call, on a pool thread.</summary>
+        private string RunNative(string json, RequestState state)
+        {
+            var registered = state.RequestId != null && _inFlight.TryAdd(state.RequestId, state);
+            try
+            {
+                using (state.Token.Register(() => Cancel(state)))
                 {
-                    using (cancellationToken.Register(() => Cancel(state)))
+                    var bytes = SdxlNative.ToUtf8Z(json);
+                    using (var lease = _handle.Acquire())
                     {
-                        if (cancellationToken.IsCancellationRequested)
+                        t_current = state;
+                        try
                         {
-                            return EnhancedResponseHandler.FailureJson(requestId, SdxlErrorCode.Cancelled, "cancelled");
+                            return NativeResult.TakeString(SdxlNative.sdxl_generate_json(lease.Pointer, bytes), "sdxl_generate_json");
                         }
-                        var bytes = SdxlNative.ToUtf8Z(json);
-                        using (var lease = _handle.Acquire())
+                        finally
                         {
-                            t_current = state;
-                            try
-                            {
-                                return NativeResult.TakeString(SdxlNative.sdxl_generate_json(lease.Pointer, bytes), "sdxl_generate_json");
-                            }
-                            finally
-                            {
-                                t_current = null;
-                                state.Running = false;
-                            }
+                            t_current = null;
+                            state.Running = false;
                         }
                     }
                 }
-                finally
+            }
+            finally
+            {
+                if (registered)
                 {
-                    if (registered)
-                    {
-                        RequestState removed;
-                        _inFlight.TryRemove(requestId, out removed);
-                    }
-                    Interlocked.Decrement(ref _busy);
+                    RequestState removed;
+                    _inFlight.TryRemove(state.RequestId, out removed);
                 }
-            });
+            }
+        }
+
+        private static bool IsCancelledResponse(string responseJson, out string error)
+        {
+            error = null;
+            try
+            {
+                var root = Json.ParseObject(responseJson ?? string.Empty);
+                error = Json.GetString(root, "error");
+                return !Json.GetBool(root, "success", false)
+                    && string.Equals(Json.GetString(root, "error_code"), SdxlErrorCode.Name(SdxlErrorCode.Cancelled), StringComparison.Ordinal);
+            }
+            catch (FormatException)
+            {
+                return false;
+            }
         }
 
         /// <summary>CancellationToken → the request. The callback refuses to continue once the
@@ -246,7 +292,7 @@ namespace DeviceOperations.Sdxl
             }
             try
             {
-                using (var lease = _handle.Acquire())
+                using (var lease = _handle.Acquire(true))
                 {
                     SdxlNative.sdxl_cancel(lease.Pointer);
                 }

@@ -39,6 +39,11 @@ namespace DeviceOperations.Sdxl
             return SendEnhancedCommandAsync(request, null, CancellationToken.None);
         }
 
+        /// <summary>As above, with progress and cancellation. Cancellation is not an exception
+        /// here either: the seed's callers only look at Success, so a cancelled token (before or
+        /// during the request) returns Success=false, ErrorCode "CANCELLED", ErrorNumber -9,
+        /// Error "Processing failed: cancelled". SdxlEngine/SdxlEnginePool.GenerateAsync throw
+        /// OperationCanceledException instead, as .NET callers expect.</summary>
         public async Task<EnhancedSDXLResponse> SendEnhancedCommandAsync(EnhancedSDXLRequest request, IProgress<SdxlProgress> progress, CancellationToken cancellationToken)
         {
             var requestId = Guid.NewGuid().ToString();

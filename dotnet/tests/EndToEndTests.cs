@@ -4,6 +4,7 @@ using System;
 using System.Collections.Generic;
 using System.IO;
 using System.Linq;
+using System.Runtime.CompilerServices;
 using System.Threading;
 using System.Threading.Tasks;
 using DeviceOperations.Sdxl.Native;
@@ -63,6 +64,40 @@ namespace DeviceOperations.Sdxl.Tests
                 Hyperparameters = new HyperparametersConfiguration { Seed = 42, Width = 256, Height = 256 },
                 Output = new OutputConfiguration { Format = "PNG", SavePath = "e2e" },
             };
+        }
+
+        /// <summary>Awaits a task that must end cancelled; returns its exception.</summary>
+        private static async Task<OperationCanceledException> ThrowsCanceledAsync(Task task, string what)
+        {
+            try
+            {
+                await task;
+            }
+            catch (OperationCanceledException ex)
+            {
+                return ex;
+            }
+            catch (Exception ex)
+            {
+                throw new TestFailure(what + ": expected OperationCanceledException, got " + ex.GetType().Name + ": " + ex.Message);
+            }
+            throw new TestFailure(what + ": expected OperationCanceledException, the task completed");
+        }
+
+        /// <summary>Engines nobody disposes: one that ran a request with a progress callback,
+        /// the rest bare. Not inlined, so no reference stays in the caller's frame.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void CreateAndAbandonEngines(int count)
+        {
+            for (var i = 0; i < count; i++)
+            {
+                var engine = SdxlEngine.Create(CpuConfig());
+                if (i == 0)
+                {
+                    var response = engine.GenerateAsync(TinyRequest(1), new InlineProgress(p => { })).GetAwaiter().GetResult();
+                    Assert.True(response.Success, "abandoned engine's request: " + response.Error);
+                }
+            }
         }
 
         public static void Cleanup()
@@ -145,9 +180,10 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.True(reports.Any(r => r.Stage == SdxlStage.Save), "no save report: " + string.Join("; ", reports));
             });
 
-            runner.AddAsync("e2e_cancellation_token_cancels_from_the_first_progress_report", async () =>
+            runner.AddAsync("e2e_cancelling_mid_run_throws_operation_canceled_and_the_engine_still_generates", async () =>
             {
                 var engine = Engine();
+                await engine.LoadModelAsync("builtin:tiny");
                 using (var cts = new CancellationTokenSource())
                 {
                     var reports = 0;
@@ -158,21 +194,31 @@ namespace DeviceOperations.Sdxl.Tests
                             cts.Cancel();
                         }
                     });
-                    var response = await engine.GenerateAsync(TinyRequest(6), progress, cts.Token);
-                    Assert.Equal(false, response.Success, "Success");
-                    Assert.Equal("CANCELLED", response.ErrorCode, "ErrorCode (" + response.Error + ")");
-                    Assert.Equal(SdxlErrorCode.Cancelled, response.ErrorNumber.Value, "ErrorNumber");
+                    var run = engine.GenerateAsync(TinyRequest(6), progress, cts.Token);
+                    var ex = await ThrowsCanceledAsync(run, "cancelled at the first progress report");
+                    Assert.Equal(cts.Token, ex.CancellationToken, "the exception carries the caller's token");
+                    var inner = ex.InnerException as SdxlException;
+                    Assert.True(inner != null, "inner exception: " + ex.InnerException);
+                    Assert.Equal(SdxlErrorCode.Cancelled, inner.Code, "inner code (" + inner.Message + ")");
+                    Assert.Equal("CANCELLED", inner.CodeName, "inner code name");
+                    Assert.Equal(TaskStatus.Canceled, run.Status, "task status");
                     Assert.Equal(1, reports, "reports after cancelling");
+                    Assert.Equal(0, engine.PendingRequests, "pending after the cancel");
                 }
                 // The engine serves the next request normally.
-                var next = await engine.GenerateJsonAsync("{\"message_type\":\"status_request\",\"request_id\":\"s1\"}");
-                Assert.Equal(true, Json.GetBool(Json.ParseObject(next), "success", false), "status after a cancel: " + next);
+                var next = await engine.GenerateAsync(TinyRequest(2));
+                Assert.True(next.Success, "generation after a cancel: " + next.ErrorCode + " " + next.Error);
+                Assert.True(File.Exists(next.Images[0].Path), "image after a cancel");
 
                 using (var cancelled = new CancellationTokenSource())
                 {
                     cancelled.Cancel();
-                    var response = await engine.GenerateAsync(TinyRequest(2), null, cancelled.Token);
-                    Assert.Equal("CANCELLED", response.ErrorCode, "already-cancelled token");
+                    var before = (await engine.GetStatusAsync()).RequestsServed;
+                    var run = engine.GenerateAsync(TinyRequest(2), null, cancelled.Token);
+                    var ex = await ThrowsCanceledAsync(run, "an already-cancelled token");
+                    Assert.True(ex.InnerException == null, "nothing reached the engine, so no native error: " + ex.InnerException);
+                    Assert.Equal(before, (await engine.GetStatusAsync()).RequestsServed, "an already-cancelled request is not submitted");
+                    await ThrowsCanceledAsync(engine.GenerateJsonAsync("{\"message_type\":\"status_request\"}", cancelled.Token), "GenerateJsonAsync with a cancelled token");
                 }
             });
 
@@ -209,14 +255,119 @@ namespace DeviceOperations.Sdxl.Tests
                         atStep.Wait(TimeSpan.FromSeconds(60));
                         cts.Cancel();
                     });
-                    var response = await run;
+                    var ex = await ThrowsCanceledAsync(run, "cancelled from another thread");
                     await canceller;
-                    Assert.Equal("CANCELLED", response.ErrorCode, "ErrorCode (" + response.Error + ")");
+                    Assert.Equal(SdxlErrorCode.Cancelled, ((SdxlException)ex.InnerException).Code, "inner code");
                     lock (denoiseSteps)
                     {
                         Assert.True(denoiseSteps.Count > 0 && denoiseSteps.Max() <= 2, "denoise steps reported: " + string.Join(",", denoiseSteps));
                     }
                 }
+            });
+
+            runner.AddAsync("e2e_service_reports_cancellation_as_a_cancelled_response_without_throwing", async () =>
+            {
+                var engine = Engine();
+                var service = new SdxlNativeService(engine);
+                using (var cts = new CancellationTokenSource())
+                {
+                    var progress = new InlineProgress(p =>
+                    {
+                        if (p.Stage == SdxlStage.Denoise)
+                        {
+                            cts.Cancel();
+                        }
+                    });
+                    var response = await service.SendEnhancedCommandAsync(TinyRequest(4), progress, cts.Token);
+                    Assert.Equal(false, response.Success, "Success");
+                    Assert.Equal("CANCELLED", response.ErrorCode, "ErrorCode (" + response.Error + ")");
+                    Assert.Equal(SdxlErrorCode.Cancelled, response.ErrorNumber.Value, "ErrorNumber");
+                    Assert.Equal("Processing failed: cancelled", response.Error, "Error");
+                    response = await service.SendEnhancedCommandAsync(TinyRequest(4), null, cts.Token);
+                    Assert.Equal("CANCELLED", response.ErrorCode, "ErrorCode for an already-cancelled token (" + response.Error + ")");
+                }
+                var next = await service.SendEnhancedCommandAsync(TinyRequest(1));
+                Assert.True(next.Success, "the service's next request: " + next.Error);
+            });
+
+            runner.AddAsync("e2e_progress_reports_arrive_in_pipeline_order", async () =>
+            {
+                var engine = Engine();
+                var reports = new List<SdxlProgress>();
+                var request = TinyRequest(3);
+                request.Hyperparameters.BatchSize = 2;
+                var response = await engine.GenerateAsync(request, new InlineProgress(p => { lock (reports) { reports.Add(p); } }));
+                Assert.True(response.Success, "generation failed: " + response.Error);
+                Assert.Equal(2, response.Images.Count, "images");
+                Func<SdxlProgress, string> show = p => p.Stage.ToString().ToLowerInvariant() + "#" + p.ImageIndex + ":" + p.Step;
+                // src/pipeline/generate.rs: encode, a report before each of the 3 steps and one
+                // after the last, one decode per image, then src/engine: one save per image.
+                var expected = new[] { "encode#0:0", "denoise#0:0", "denoise#0:1", "denoise#0:2", "denoise#0:3", "decode#0:3", "decode#1:3", "save#0:3", "save#1:3" };
+                lock (reports)
+                {
+                    Assert.SequenceEqual(expected, reports.Select(show), "stage#image:step sequence");
+                    Assert.True(reports.All(r => r.TotalSteps == 3), "total steps: " + string.Join(",", reports.Select(r => r.TotalSteps)));
+                    for (var i = 1; i < reports.Count; i++)
+                    {
+                        Assert.True(reports[i].Elapsed >= reports[i - 1].Elapsed, "elapsed went back at report " + i + ": " + reports[i - 1].Elapsed + " then " + reports[i].Elapsed);
+                        Assert.True(reports[i].ModelCalls >= reports[i - 1].ModelCalls, "model calls went back at report " + i);
+                    }
+                    Assert.Equal(3, reports.Last().ModelCalls, "UNet calls (Euler: one per step)");
+                }
+            });
+
+            runner.AddAsync("e2e_four_threads_by_five_requests_on_one_engine_all_succeed_with_their_seeds", async () =>
+            {
+                var engine = Engine();
+                await engine.LoadModelAsync("builtin:tiny");
+                var servedBefore = (await engine.GetStatusAsync()).RequestsServed;
+                const int threads = 4, perThread = 5;
+                var results = new List<KeyValuePair<long, EnhancedSDXLResponse>>();
+                var errors = new List<Exception>();
+                var workers = Enumerable.Range(0, threads).Select(t => new Thread(() =>
+                {
+                    try
+                    {
+                        for (var i = 0; i < perThread; i++)
+                        {
+                            long seed = 1000 + 10 * t + i;
+                            var request = TinyRequest(1);
+                            request.Hyperparameters.Seed = seed;
+                            request.Scheduler.GuidanceScale = 1.0;
+                            var response = engine.GenerateAsync(request).GetAwaiter().GetResult();
+                            lock (results)
+                            {
+                                results.Add(new KeyValuePair<long, EnhancedSDXLResponse>(seed, response));
+                            }
+                        }
+                    }
+                    catch (Exception ex)
+                    {
+                        lock (errors)
+                        {
+                            errors.Add(ex);
+                        }
+                    }
+                })).ToList();
+                workers.ForEach(w => w.Start());
+                foreach (var worker in workers)
+                {
+                    Assert.True(worker.Join(TimeSpan.FromMinutes(10)), "a worker thread did not finish in 10 minutes");
+                }
+                Assert.True(errors.Count == 0, "exceptions: " + string.Join(" | ", errors.Select(e => e.GetType().Name + ": " + e.Message)));
+                Assert.Equal(threads * perThread, results.Count, "responses");
+                var failed = results.Where(r => !r.Value.Success).Select(r => r.Key + ": " + r.Value.ErrorCode + " " + r.Value.Error).ToList();
+                Assert.True(failed.Count == 0, "failed requests: " + string.Join("; ", failed));
+                var wrongSeeds = results.Where(r => r.Value.Images.Count != 1 || r.Value.Images[0].Seed != r.Key)
+                    .Select(r => "asked " + r.Key + ", got [" + string.Join(",", r.Value.Images.Select(i => i.Seed)) + "]").ToList();
+                Assert.True(wrongSeeds.Count == 0, "seeds: " + string.Join("; ", wrongSeeds));
+                Assert.SequenceEqual(Enumerable.Range(0, threads).SelectMany(t => Enumerable.Range(0, perThread).Select(i => 1000L + 10 * t + i)).OrderBy(x => x),
+                    results.Select(r => r.Value.Images[0].Seed).OrderBy(x => x), "every seed reported once");
+                Assert.Equal(threads * perThread, results.Select(r => r.Value.Images[0].Path).Distinct().Count(), "distinct image files");
+                Assert.Equal(threads * perThread, results.Select(r => r.Value.RequestId).Distinct().Count(), "distinct request ids");
+                Assert.True(results.All(r => File.Exists(r.Value.Images[0].Path)), "every image file exists");
+                Assert.Equal(servedBefore + threads * perThread, (await engine.GetStatusAsync()).RequestsServed, "requests served");
+                Assert.Equal(0, engine.PendingRequests, "pending requests afterwards");
             });
 
             runner.AddAsync("e2e_validation_errors_come_back_as_field_errors", async () =>
@@ -296,18 +447,87 @@ namespace DeviceOperations.Sdxl.Tests
 
             runner.AddAsync("e2e_disposed_engine_refuses_calls", async () =>
             {
+                Engine();
+                var before = SdxlEngineHandle.OpenCount;
                 var engine = SdxlEngine.Create(CpuConfig());
+                Assert.Equal(before + 1, SdxlEngineHandle.OpenCount, "open engines after Create");
                 engine.Dispose();
+                Assert.True(engine.Handle.IsClosed, "handle closed");
+                Assert.Equal(before, SdxlEngineHandle.OpenCount, "sdxl_free ran on Dispose");
                 engine.Dispose();
+                Assert.Equal(before, SdxlEngineHandle.OpenCount, "a second Dispose frees nothing more");
                 try
                 {
                     await engine.GenerateJsonAsync("{}");
                 }
                 catch (ObjectDisposedException)
                 {
-                    return;
+                    try
+                    {
+                        await engine.GetStatusAsync();
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                        return;
+                    }
+                    throw new TestFailure("a disposed engine answered GetStatusAsync");
                 }
                 throw new TestFailure("a disposed engine accepted a request");
+            });
+
+            runner.AddAsync("e2e_dispose_during_a_request_frees_the_engine_when_the_request_ends", async () =>
+            {
+                Engine();
+                var before = SdxlEngineHandle.OpenCount;
+                var engine = SdxlEngine.Create(CpuConfig());
+                using (var inDenoise = new ManualResetEventSlim(false))
+                using (var release = new ManualResetEventSlim(false))
+                {
+                    var progress = new InlineProgress(p =>
+                    {
+                        if (p.Stage == SdxlStage.Denoise && !inDenoise.IsSet)
+                        {
+                            inDenoise.Set();
+                            release.Wait(TimeSpan.FromSeconds(60));
+                        }
+                    });
+                    var run = engine.GenerateAsync(TinyRequest(2), progress);
+                    Assert.True(inDenoise.Wait(TimeSpan.FromSeconds(120)), "the request never reached denoising");
+                    engine.Dispose();
+                    Assert.True(engine.Handle.IsDisposeRequested, "dispose requested");
+                    Assert.Equal(before + 1, SdxlEngineHandle.OpenCount, "sdxl_free waits for the running request");
+                    try
+                    {
+                        await engine.GetStatusAsync();
+                        throw new TestFailure("a new call was accepted while the disposed engine finished its request");
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                    }
+                    release.Set();
+                    var response = await run;
+                    Assert.True(response.Success, "the running request completes: " + response.Error);
+                    Assert.Equal(before, SdxlEngineHandle.OpenCount, "sdxl_free ran once the request released the handle");
+                    Assert.True(engine.Handle.IsClosed, "handle closed after the release");
+                }
+            });
+
+            runner.Add("e2e_an_engine_never_disposed_is_freed_by_the_finalizer", () =>
+            {
+                Engine();
+                var before = SdxlEngineHandle.OpenCount;
+                CreateAndAbandonEngines(3);
+                Assert.Equal(before + 3, SdxlEngineHandle.OpenCount, "open engines while abandoned");
+                for (var attempt = 0; attempt < 20 && SdxlEngineHandle.OpenCount > before; attempt++)
+                {
+                    GC.Collect();
+                    GC.WaitForPendingFinalizers();
+                    Thread.Sleep(50);
+                }
+                Assert.Equal(before, SdxlEngineHandle.OpenCount, "open engines after GC.Collect + WaitForPendingFinalizers");
+                // The process is still healthy: the shared engine generates.
+                var response = Engine().GenerateAsync(TinyRequest(1)).GetAwaiter().GetResult();
+                Assert.True(response.Success, "generation after finalizing engines: " + response.Error);
             });
         }
     }

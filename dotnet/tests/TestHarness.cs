@@ -1,5 +1,6 @@
 // A tiny named-test harness (no NUnit offline with mcs): tests register by name, run in
-// order, print PASS/FAIL with timings, and the exit code is the number of failures.
+// order, print PASS/FAIL with timings; the last line is "N passed, N failed" and the exit
+// code is the number of failures.
 
 using System;
 using System.Collections;
@@ -47,8 +48,9 @@ namespace DeviceOperations.Sdxl.Tests
             _tests.Add(new TestCase { Name = name, Body = body });
         }
 
-        /// <summary>Runs the tests whose names contain any filter (all when none); returns failures.</summary>
-        public int Run(string[] filters)
+        /// <summary>Runs the tests whose names contain any filter (all when none), then
+        /// cleanup (its failure counts as one), then prints the summary; returns failures.</summary>
+        public int Run(string[] filters, Action cleanup)
         {
             var selected = _tests.Where(t => filters.Length == 0 || filters.Any(f => t.Name.Contains(f))).ToList();
             int passed = 0, failed = 0, skipped = 0;
@@ -75,12 +77,24 @@ namespace DeviceOperations.Sdxl.Tests
                     Console.WriteLine("FAIL {0} ({1} ms): {2}", test.Name, watch.ElapsedMilliseconds, message);
                 }
             }
+            try
+            {
+                cleanup();
+            }
+            catch (Exception ex)
+            {
+                failed++;
+                failures.Add("cleanup");
+                Console.WriteLine("FAIL cleanup: {0}", ex);
+            }
             Console.WriteLine();
-            Console.WriteLine("{0} passed, {1} failed, {2} skipped, {3} total", passed, failed, skipped, selected.Count);
             foreach (var name in failures)
             {
                 Console.WriteLine("  failed: " + name);
             }
+            Console.WriteLine("{0} skipped, {1} selected of {2}", skipped, selected.Count, _tests.Count);
+            // The last line, which CI reads.
+            Console.WriteLine("{0} passed, {1} failed", passed, failed);
             return failed;
         }
     }

@@ -253,6 +253,17 @@ fn embedded_tokenizers() -> Result<(ClipTokenizer, ClipTokenizer)> {
     Ok((ClipTokenizer::embedded("<|endoftext|>")?, ClipTokenizer::embedded("!")?))
 }
 
+/// transformers ≥ 5 saves `CLIPTextModel` without the `text_model.` prefix that SDXL's
+/// published folders (and transformers 4) use; both layouts load.
+fn text_encoder_weights(files: Vec<Arc<SafetensorsFile>>, label: &str) -> WeightSet {
+    let prefixed = files.iter().any(|file| file.names().any(|name| name.starts_with("text_model.")));
+    if prefixed {
+        return WeightSet::with_prefix(files, "", label);
+    }
+    let map: weights::KeyMap = Arc::new(|name: &str| Some(weights::Source::Key(name.strip_prefix("text_model.").unwrap_or(name).to_string())));
+    WeightSet::new(files, map, label)
+}
+
 pub fn load_diffusers_folder(dir: &Path, options: &LoadOptions) -> Result<SdxlModel> {
     let configs = read_configs(dir)?;
     let unet_files = component_files(dir, "unet", "diffusion_pytorch_model")?;
@@ -263,8 +274,8 @@ pub fn load_diffusers_folder(dir: &Path, options: &LoadOptions) -> Result<SdxlMo
     let (dtype, vae_dtype, device) = (options.dtype, options.vae_dtype, options.device);
     let vbs = [
         Arc::new(WeightSet::with_prefix(unet_files, "", "unet")).into_var_builder(dtype, device),
-        Arc::new(WeightSet::with_prefix(te_files, "", "text_encoder")).into_var_builder(dtype, device),
-        Arc::new(WeightSet::with_prefix(te2_files, "", "text_encoder_2")).into_var_builder(dtype, device),
+        Arc::new(text_encoder_weights(te_files, "text_encoder")).into_var_builder(dtype, device),
+        Arc::new(text_encoder_weights(te2_files, "text_encoder_2")).into_var_builder(dtype, device),
         Arc::new(WeightSet::with_prefix(vae_files, "", "vae")).into_var_builder(vae_dtype, device),
     ];
     let networks = build_networks(&configs, vbs, options)?;

@@ -1,0 +1,118 @@
+// The hand-written JSON reader (dotnet/src/Json.cs) against RFC 8259: escapes, nesting,
+// the number grammar, and what it must refuse.
+
+using System;
+using System.Collections.Generic;
+using System.Linq;
+
+namespace DeviceOperations.Sdxl.Tests
+{
+    internal static class JsonTests
+    {
+        private static object Member(string json, string name)
+        {
+            return Json.Get(Json.ParseObject(json), name);
+        }
+
+        public static void Register(TestRunner runner)
+        {
+            runner.Add("json_reader_decodes_unicode_escapes_and_surrogate_pairs", () =>
+            {
+                Assert.Equal("caf\u00e9", Member("{\"s\":\"caf\\u00e9\"}", "s"), "\\u00e9");
+                Assert.Equal("caf\u00e9", Member("{\"s\":\"caf\\u00E9\"}", "s"), "upper-case hex");
+                Assert.Equal("\U0001F600", Member("{\"s\":\"\\ud83d\\ude00\"}", "s"), "surrogate pair");
+                Assert.Equal("\u65e5\u672c", Member("{\"s\":\"\u65e5\u672c\"}", "s"), "raw non-ASCII text");
+                Assert.Equal("a\"b\\c/d\b\f\n\r\t\u0000", Member("{\"s\":\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\\u0000\"}", "s"), "every short escape");
+                Assert.Equal("k\u00e9y", Json.ParseObject("{\"k\\u00e9y\":1}").Keys.Single(), "escaped member name");
+                Assert.Throws<FormatException>(() => Json.Parse("\"\\u12\""), "short \\u escape");
+                Assert.Throws<FormatException>(() => Json.Parse("\"\\u12g4\""), "non-hex \\u escape");
+                Assert.Throws<FormatException>(() => Json.Parse("\"\\x41\""), "unknown escape");
+                Assert.Throws<FormatException>(() => Json.Parse("\"a\nb\""), "raw control character");
+                Assert.Throws<FormatException>(() => Json.Parse("\"abc"), "unterminated string");
+            });
+
+            runner.Add("json_reader_builds_nested_objects_and_arrays", () =>
+            {
+                var root = Json.ParseObject(" {\n \"a\" : [ 1 , [ 2 , [ ] ] , { \"b\" : { \"c\" : [ true , false , null ] } } ] , \"d\" : { } } ");
+                var a = Json.GetArray(root, "a");
+                Assert.Equal(3, a.Count, "a.length");
+                Assert.Equal((object)1L, a[0], "a[0]");
+                var inner = (List<object>)a[1];
+                Assert.Equal((object)2L, inner[0], "a[1][0]");
+                Assert.Equal(0, ((List<object>)inner[1]).Count, "a[1][1] is empty");
+                var c = Json.GetArray(Json.GetObject((Dictionary<string, object>)a[2], "b"), "c");
+                Assert.SequenceEqual(new object[] { true, false, null }, c, "a[2].b.c");
+                Assert.Equal(0, Json.GetObject(root, "d").Count, "d is empty");
+
+                var deep = new string('[', 200) + new string(']', 200);
+                Assert.True(Json.Parse(deep) is List<object>, "200 levels parse");
+                var tooDeep = new string('[', 300) + new string(']', 300);
+                Assert.Contains("nested too deeply", Assert.Throws<FormatException>(() => Json.Parse(tooDeep), "300 levels").Message, "depth error");
+                Assert.Throws<FormatException>(() => Json.Parse("[1,]"), "trailing comma in an array");
+                Assert.Throws<FormatException>(() => Json.Parse("[1 2]"), "missing comma");
+                Assert.Throws<FormatException>(() => Json.Parse("{\"a\" 1}"), "missing colon");
+                Assert.Throws<FormatException>(() => Json.Parse("{a:1}"), "unquoted name");
+                Assert.Throws<FormatException>(() => Json.Parse("[1"), "unterminated array");
+                Assert.Throws<FormatException>(() => Json.Parse(""), "empty input");
+                Assert.Throws<FormatException>(() => Json.ParseObject("[]"), "ParseObject of an array");
+            });
+
+            runner.Add("json_reader_numbers_follow_the_rfc_grammar_including_exponents", () =>
+            {
+                var cases = new[]
+                {
+                    new object[] { "0", 0L },
+                    new object[] { "-0", 0L },
+                    new object[] { "42", 42L },
+                    new object[] { "-17", -17L },
+                    new object[] { "9223372036854775807", long.MaxValue },
+                    new object[] { "-9223372036854775808", long.MinValue },
+                    new object[] { "18446744073709551615", ulong.MaxValue },
+                    new object[] { "18446744073709551616", 18446744073709551616.0 },
+                    new object[] { "1.5", 1.5 },
+                    new object[] { "-0.25", -0.25 },
+                    new object[] { "1e3", 1000.0 },
+                    new object[] { "1E3", 1000.0 },
+                    new object[] { "2.5e+2", 250.0 },
+                    new object[] { "-2.5E-3", -0.0025 },
+                    new object[] { "0e0", 0.0 },
+                    new object[] { "6.02214076e23", 6.02214076e23 },
+                    new object[] { "1e-400", 0.0 },
+                };
+                foreach (var c in cases)
+                {
+                    var text = (string)c[0];
+                    var value = Json.Parse(text);
+                    Assert.Equal(c[1].GetType(), value == null ? null : value.GetType(), "type of " + text);
+                    Assert.Equal(c[1], value, "value of " + text);
+                    Assert.Equal(c[1], Json.Get(Json.ParseObject("{\"n\":" + text + "}"), "n"), "value of " + text + " as a member");
+                }
+                Assert.Equal(1000L, Json.GetLong(Json.ParseObject("{\"n\":1e3}"), "n").Value, "GetLong of 1e3");
+                Assert.Equal(7.0, Json.GetDouble(Json.ParseObject("{\"n\":7}"), "n").Value, "GetDouble of 7");
+
+                foreach (var bad in new[] { "01", "-01", "1.", ".5", "+1", "-", "1e", "1e+", "1.e3", "--1", "1-2", "0x10", "1.2.3", "NaN", "Infinity", "1e400", "-1e400" })
+                {
+                    Assert.Throws<FormatException>(() => Json.Parse(bad), "'" + bad + "' must be refused");
+                }
+            });
+
+            runner.Add("json_writer_output_reads_back_unchanged", () =>
+            {
+                var value = new JsonObject()
+                    .Add("text", "\u0001\u001f\"\\/\u2028\u2029\U0001F600 caf\u00e9")
+                    .Add("numbers", new object[] { 0, -1, long.MaxValue, 0.1, 1e300, -2.5e-8, float.MaxValue })
+                    .Add("nested", new JsonObject().Add("empty", new object[0]).Add("flag", false).Add("omitted", null))
+                    .Add("map", new Dictionary<string, object> { { "k", new List<object> { "v", 1L } } });
+                var json = value.ToString();
+                var back = Json.ParseObject(json);
+                Assert.Equal((string)value["text"], Json.GetString(back, "text"), "text (" + json + ")");
+                var numbers = Json.GetArray(back, "numbers");
+                Assert.SequenceEqual(new object[] { 0L, -1L, long.MaxValue, 0.1, 1e300, -2.5e-8, (double)float.MaxValue }, numbers, "numbers (" + json + ")");
+                Assert.Missing(Json.GetObject(back, "nested"), "omitted", "null members are omitted");
+                Assert.Equal(false, Json.GetBool(Json.GetObject(back, "nested"), "flag", true), "flag");
+                Assert.SequenceEqual(new object[] { "v", 1L }, Json.GetArray(Json.GetObject(back, "map"), "k"), "dictionary member");
+                Assert.Equal("null", Json.Write(double.NaN), "NaN is written as null");
+            });
+        }
+    }
+}
