@@ -14,7 +14,8 @@ if [ ! -x "$ROOT/nvidia/cu13/bin/nvcc" ]; then
         "nvidia-cuda-nvcc==${CUDA_VERSION_PIN}.*" "nvidia-cuda-crt==${CUDA_VERSION_PIN}.*" \
         "nvidia-nvvm==${CUDA_VERSION_PIN}.*" "nvidia-cuda-runtime==${CUDA_VERSION_PIN}.*" \
         "nvidia-cuda-cccl==${CUDA_VERSION_PIN}.*" \
-        "nvidia-cuda-nvrtc==${CUDA_VERSION_PIN}.*" "nvidia-cublas==${CUDA_VERSION_PIN}.*" "nvidia-curand"
+        "nvidia-cuda-nvrtc==${CUDA_VERSION_PIN}.*" "nvidia-cublas==${CUDA_VERSION_PIN}.*" "nvidia-curand" \
+        "nvidia-cudnn-cu13"
     for wheel in "$ROOT"/wheels/*.whl; do
         python3 -m zipfile -e "$wheel" "$ROOT"
     done
@@ -26,7 +27,7 @@ if [ ! -x "$ROOT/nvidia/cu13/bin/nvcc" ]; then
         | gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$ROOT/stubs/libcuda.so" -x c -
     ln -sf libcuda.so "$ROOT/stubs/libcuda.so.1"
     # Wheels ship versioned runtime libraries only; the linker wants the unversioned names.
-    for lib in "$ROOT"/nvidia/cu13/lib/lib*.so.*; do
+    for lib in "$ROOT"/nvidia/cu13/lib/lib*.so.* "$ROOT"/nvidia/cudnn/lib/lib*.so.*; do
         base="${lib%%.so.*}.so"
         [ -e "$base" ] || ln -sf "$(basename "$lib")" "$base"
     done
@@ -38,6 +39,6 @@ export PATH="$CUDA_HOME/bin:$PATH"
 export CUDA_COMPUTE_CAP=90
 export CUDARC_CUDA_VERSION=13000
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-2}"
-export LIBRARY_PATH="$ROOT/stubs:$CUDA_HOME/lib:${LIBRARY_PATH:-}"
+export LIBRARY_PATH="$ROOT/stubs:$CUDA_HOME/lib:$ROOT/nvidia/cudnn/lib:${LIBRARY_PATH:-}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target/cuda}"
 set +euo pipefail
