@@ -15,7 +15,7 @@ if [ ! -x "$ROOT/nvidia/cu13/bin/nvcc" ]; then
         "nvidia-nvvm==${CUDA_VERSION_PIN}.*" "nvidia-cuda-runtime==${CUDA_VERSION_PIN}.*" \
         "nvidia-cuda-cccl==${CUDA_VERSION_PIN}.*" \
         "nvidia-cuda-nvrtc==${CUDA_VERSION_PIN}.*" "nvidia-cublas==${CUDA_VERSION_PIN}.*" "nvidia-curand" \
-        "nvidia-cudnn-cu13"
+        ${SDXL_CUDNN:+"nvidia-cudnn-cu13"}
     for wheel in "$ROOT"/wheels/*.whl; do
         python3 -m zipfile -e "$wheel" "$ROOT"
     done
