@@ -324,6 +324,24 @@ pub fn load_single_file(path: &Path, options: &LoadOptions) -> Result<SdxlModel>
     Ok(assemble(configs, networks, tokenizers, options, format!("single-file checkpoint {}", path.display()), bytes))
 }
 
+/// Both built-in models: configs from presets, weights from a generator instead of files.
+fn load_generated(
+    configs: Configs,
+    weights: fn(DType, &Device) -> VarBuilder<'static>,
+    options: &LoadOptions,
+    description: &str,
+) -> Result<SdxlModel> {
+    let vb = |dtype, component: &str| weights(dtype, options.device).pp(component);
+    let vbs = [
+        vb(options.dtype, "unet"),
+        vb(options.dtype, "text_encoder"),
+        vb(options.dtype, "text_encoder_2"),
+        vb(options.vae_dtype, "vae"),
+    ];
+    let networks = build_networks(&configs, vbs, options)?;
+    Ok(assemble(configs, networks, embedded_tokenizers()?, options, description.into(), 0))
+}
+
 pub fn load_builtin(options: &LoadOptions) -> Result<SdxlModel> {
     let configs = Configs {
         unet: UNetConfig::tiny(),
@@ -333,12 +351,10 @@ pub fn load_builtin(options: &LoadOptions) -> Result<SdxlModel> {
         scheduler: SchedulerConfig::default(),
         force_zeros: true,
     };
-    let vb = |dtype| builtin::builtin_var_builder(dtype, options.device);
-    let vbs = [vb(options.dtype).pp("unet"), vb(options.dtype).pp("text_encoder"), vb(options.dtype).pp("text_encoder_2"), vb(options.vae_dtype).pp("vae")];
-    let networks = build_networks(&configs, vbs, options)?;
-    Ok(assemble(configs, networks, embedded_tokenizers()?, options, "built-in tiny demo model (random weights)".into(), 0))
+    load_generated(configs, builtin::builtin_var_builder, options, "built-in tiny demo model (random weights)")
 }
 
+/// Full-size SDXL base with random weights drawn on the device (benchmarks, no files).
 pub fn load_sdxl_random(options: &LoadOptions) -> Result<SdxlModel> {
     let configs = Configs {
         unet: UNetConfig::sdxl_base(),
@@ -348,8 +364,5 @@ pub fn load_sdxl_random(options: &LoadOptions) -> Result<SdxlModel> {
         scheduler: SchedulerConfig::default(),
         force_zeros: true,
     };
-    let vb = |dtype| builtin::device_random_var_builder(dtype, options.device);
-    let vbs = [vb(options.dtype).pp("unet"), vb(options.dtype).pp("text_encoder"), vb(options.dtype).pp("text_encoder_2"), vb(options.vae_dtype).pp("vae")];
-    let networks = build_networks(&configs, vbs, options)?;
-    Ok(assemble(configs, networks, embedded_tokenizers()?, options, "built-in full-size SDXL with random weights (benchmarks)".into(), 0))
+    load_generated(configs, builtin::device_random_var_builder, options, "built-in full-size SDXL with random weights (benchmarks)")
 }
