@@ -155,3 +155,12 @@ fn a_request_over_the_memory_budget_is_refused_before_it_runs() {
     let small = Engine::from_json(&json!({"device": "cpu", "output_dir": output, "limits": {"min_size": 64}, "max_memory_gb": 1.0}).to_string()).unwrap();
     assert_eq!(respond(&small, &request(1, json!({})))["success"], true);
 }
+
+#[test]
+fn every_response_reports_the_peak_memory_of_the_request() {
+    let engine = engine("peak-memory");
+    let response = respond(&engine, &request(2, json!({})));
+    let peak = response["data"]["processing_metrics"]["peak_memory_bytes"].as_u64().unwrap();
+    // On CPU this is the resident set: at least the tiny model and the runtime.
+    assert!(peak > 10 << 20, "peak {peak} bytes");
+}

@@ -35,6 +35,8 @@ pub struct ProcessingMetrics {
     pub stage_times: StageTimes,
     pub unet_calls: u64,
     pub iterations_per_second: f64,
+    /// Highest memory in use seen during the request (device on CUDA, RSS on CPU).
+    pub peak_memory_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

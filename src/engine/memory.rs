@@ -51,3 +51,33 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
 pub fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / GIB)
 }
+
+/// (free, total) bytes of a CUDA device; None on CPU.
+pub fn device_memory(device: &candle_core::Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(cuda) = device {
+        return cuda.cuda_stream().context().mem_get_info().ok().map(|(free, total)| (free as u64, total as u64));
+    }
+    let _ = device;
+    None
+}
+
+/// Memory in use now: device memory on CUDA, this process's resident set on CPU.
+pub fn memory_in_use(device: &candle_core::Device) -> u64 {
+    if let Some((free, total)) = device_memory(device) {
+        return total.saturating_sub(free);
+    }
+    resident_set_bytes()
+}
+
+fn resident_set_bytes() -> u64 {
+    // /proc/self/statm: size resident shared ... in pages.
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1).and_then(|pages| pages.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// Headroom kept free on a GPU for the CUDA context, cuBLAS workspaces and fragmentation.
+pub const DEVICE_HEADROOM_BYTES: u64 = 1536 << 20;

@@ -256,15 +256,7 @@ impl Engine {
         let _guard = self.run_lock.lock();
         self.cancel_requested.store(false, Ordering::SeqCst);
         let model = self.model(&plan.base_model, None)?;
-        if let Some(budget_gb) = self.config.max_memory_gb {
-            let needed = memory::estimate_request_bytes(&model, &plan);
-            if needed as f64 > budget_gb * (1u64 << 30) as f64 {
-                return Err(Error::OutOfMemory(format!(
-                    "this request needs about {} of activations ({}x{}, batch {}), more than max_memory_gb {budget_gb}; lower the size or batch",
-                    memory::gib(needed), plan.width, plan.height, plan.batch_size
-                )));
-            }
-        }
+        self.admit(&model, &plan)?;
         if model.description.starts_with("built-in") {
             warnings.push("used the built-in tiny demo model (random weights): images are noise-like patterns, not pictures".into());
         }
@@ -284,7 +276,7 @@ impl Engine {
         loaded_loras: &[crate::lora::LoadedLora],
         started: Instant,
     ) -> Result<GenerationData> {
-        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, deadline_s: plan.timeout_s, started };
+        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, deadline_s: plan.timeout_s, started, peak_memory: 0 };
         let mut ctx = RunContext { device: &self.device, noise_kernel: self.noise_kernel, progress: &mut observer, started };
         let batch = pipeline::generate(model, plan, init_image, &mut ctx, None).map_err(|err| match err {
             Error::Cancelled if started.elapsed().as_secs_f64() > plan.timeout_s => Error::Timeout(plan.timeout_s),
@@ -314,6 +306,8 @@ impl Engine {
                 format: plan.format.name().to_string(),
             });
         }
+        drop(ctx);
+        let peak_memory_bytes = observer.peak_memory;
         let mut stage_times = batch.stage_times.clone();
         stage_times.save = save_start.elapsed().as_secs_f64();
         let inference_time = stage_times.text_encode + stage_times.denoise + stage_times.decode;
@@ -334,10 +328,54 @@ impl Engine {
                     "vae_dtype": config::dtype_name(model.vae_dtype),
                 }),
                 iterations_per_second: if stage_times.denoise > 0.0 { plan.steps as f64 / stage_times.denoise } else { 0.0 },
+                peak_memory_bytes,
                 unet_calls: batch.model_calls as u64,
                 stage_times,
             },
         })
+    }
+
+    /// Refuses a request whose estimated activations cannot fit: over `max_memory_gb`, or (on
+    /// a GPU, with no explicit budget) over the free memory even after evicting every other
+    /// cached model, least recently used first.
+    fn admit(&self, model: &Arc<SdxlModel>, plan: &GenerationPlan) -> Result<()> {
+        let needed = memory::estimate_request_bytes(model, plan);
+        let refuse = |limit: String| {
+            Err(Error::OutOfMemory(format!(
+                "this request needs about {} of activations ({}x{}, batch {}), more than {limit}; lower the size or batch",
+                memory::gib(needed),
+                plan.width,
+                plan.height,
+                plan.batch_size
+            )))
+        };
+        if let Some(budget_gb) = self.config.max_memory_gb {
+            if needed as f64 > budget_gb * (1u64 << 30) as f64 {
+                return refuse(format!("max_memory_gb {budget_gb}"));
+            }
+            return Ok(());
+        }
+        let free = |engine: &Self| memory::device_memory(&engine.device).map(|(free, _)| free.saturating_sub(memory::DEVICE_HEADROOM_BYTES));
+        let Some(mut available) = free(self) else { return Ok(()) };
+        while needed > available {
+            let victim = {
+                let models = self.models.lock();
+                models
+                    .iter()
+                    .filter(|(_, entry)| !Arc::ptr_eq(&entry.model, model))
+                    .min_by_key(|(_, entry)| entry.last_used)
+                    .map(|(key, _)| key.clone())
+            };
+            let Some(victim) = victim else { break };
+            tracing::info!(model = victim.as_str(), "evicting a cached model to make room");
+            self.models.lock().remove(&victim);
+            self.device.synchronize()?;
+            available = free(self).unwrap_or(available);
+        }
+        if needed > available {
+            return refuse(format!("the {} free on {}", memory::gib(available), self.device_name()));
+        }
+        Ok(())
     }
 
     pub fn status(&self) -> Value {
@@ -374,10 +412,12 @@ struct EngineObserver<'a> {
     request_id: &'a str,
     deadline_s: f64,
     started: Instant,
+    peak_memory: u64,
 }
 
 impl ProgressObserver for EngineObserver<'_> {
     fn on_progress(&mut self, event: &ProgressEvent) -> bool {
+        self.peak_memory = self.peak_memory.max(memory::memory_in_use(&self.engine.device));
         if self.engine.cancel_requested.load(Ordering::SeqCst) {
             return false;
         }
