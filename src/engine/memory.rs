@@ -9,6 +9,8 @@ use candle_core::DType;
 use crate::api::validate::GenerationPlan;
 use crate::loader::SdxlModel;
 
+const SCORE_CHUNK_BYTES: u64 = crate::models::attention::SCORE_CHUNK_BYTES as u64;
+
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn dtype_bytes(dtype: DType) -> u64 {
@@ -32,7 +34,8 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
                 crate::models::unet_2d_condition::PerBlock::One(n) => *n as u64,
                 crate::models::unet_2d_condition::PerBlock::Each(list) => *list.get(level).unwrap_or(&1) as u64,
             };
-            2 * rows * heads * tokens * tokens * element
+            // Scores and probabilities exist one query chunk at a time (models/attention.rs).
+            (2 * rows * heads * tokens * tokens * element).min(2 * SCORE_CHUNK_BYTES)
         })
         .max()
         .unwrap_or(0);
@@ -43,7 +46,7 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     let vae = model.vae.config();
     let vae_element = dtype_bytes(model.vae_dtype);
     let latent_tokens = h * w;
-    let vae_attention = 2 * latent_tokens * latent_tokens * vae_element;
+    let vae_attention = (2 * latent_tokens * latent_tokens * vae_element).min(2 * SCORE_CHUNK_BYTES);
     let full_resolution = plan.height as u64 * plan.width as u64 * vae.block_out_channels[0] as u64 * vae_element * 4;
     attention + features + vae_attention.max(full_resolution)
 }

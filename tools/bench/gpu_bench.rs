@@ -133,6 +133,31 @@ fn compare(device: &Device, dir: &std::path::Path) -> sdxl::Result<()> {
     Ok(())
 }
 
+/// Out-of-memory handling on a real GPU: a request the admission check refuses (estimate
+/// over free memory), one that really runs out of device memory (admission disabled by an
+/// absurd explicit budget), and a normal request on the same engine afterwards.
+fn oom(_device: &Device) -> sdxl::Result<()> {
+    let request = |size: u32, batch: u32| {
+        json!({"prompt": "a lighthouse", "models": {"base": "builtin:sdxl-random"}, "dimensions": {"width": size, "height": size},
+               "batch": {"size": batch}, "hyperparameters": {"num_inference_steps": 2, "seed": 1}, "output": {"save_path": "oom"}}).to_string()
+    };
+    let limits = json!({"max_size": 8192, "max_batch": 32});
+    for (label, config) in [
+        ("admission", json!({"device": "cuda:0", "output_dir": "/tmp/sdxl-oom", "limits": limits})),
+        ("real_oom", json!({"device": "cuda:0", "output_dir": "/tmp/sdxl-oom", "limits": limits, "max_memory_gb": 100000.0})),
+    ] {
+        let engine = sdxl::Engine::from_json(&config.to_string())?;
+        for (what, text) in [("8192x8192_batch16", request(8192, 16)), ("1024x1024_batch1_after", request(1024, 1))] {
+            let start = Instant::now();
+            let response: serde_json::Value = serde_json::from_str(&engine.handle_json(&text)).unwrap_or_default();
+            println!("{}", json!({"kind": "oom", "engine": label, "request": what, "success": response["success"], "error_code": response["error_code"],
+                "error": response["error"].as_str().map(|e| e.chars().take(200).collect::<String>()), "seconds": start.elapsed().as_secs_f64(),
+                "peak_memory_bytes": response["data"]["processing_metrics"]["peak_memory_bytes"]}));
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let device = match Device::new_cuda(0) {
@@ -145,6 +170,7 @@ fn main() {
     let result = match args.get(1).map(String::as_str) {
         Some("parity") => parity(&device),
         Some("bench") => bench(&device, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)),
+        Some("oom") => oom(&device),
         Some("compare") => compare(&device, std::path::Path::new(args.get(2).map(String::as_str).unwrap_or("/tmp/sdxl-random"))),
         _ => {
             eprintln!("usage: gpu_bench parity | bench [steps] | compare DIR");
