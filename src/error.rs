@@ -104,7 +104,9 @@ impl Error {
 
 impl From<candle_core::Error> for Error {
     fn from(err: candle_core::Error) -> Self {
-        let text = err.to_string();
+        // candle appends a backtrace to some errors; the host wants the message.
+        let full = err.to_string();
+        let text = full.lines().next().unwrap_or_default().trim().to_string();
         // candle reports CUDA allocation failures as text only; recognise them so the
         // host sees OUT_OF_MEMORY rather than a generic device error.
         if text.contains("OUT_OF_MEMORY") || text.contains("out of memory") {
