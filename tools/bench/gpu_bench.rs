@@ -147,8 +147,14 @@ fn oom(_device: &Device) -> sdxl::Result<()> {
         ("real_oom", json!({"device": "cuda:0", "output_dir": "/tmp/sdxl-oom", "limits": limits, "max_memory_gb": 100000.0})),
     ] {
         let engine = sdxl::Engine::from_json(&config.to_string())?;
+        let clock = Instant::now();
+        engine.set_progress_callback(Some(Box::new(move |_, event| {
+            eprintln!("{:8.2}s {:?} step {}/{} calls {}", clock.elapsed().as_secs_f64(), event.stage, event.step, event.total_steps, event.model_calls);
+            true
+        })));
         for (what, text) in [("8192x8192_batch16", request(8192, 16)), ("1024x1024_batch1_after", request(1024, 1))] {
             let start = Instant::now();
+            eprintln!("{label} {what}: device memory (free, total) before = {:?}", sdxl::engine::memory::device_memory(_device));
             let response: serde_json::Value = serde_json::from_str(&engine.handle_json(&text)).unwrap_or_default();
             println!("{}", json!({"kind": "oom", "engine": label, "request": what, "success": response["success"], "error_code": response["error_code"],
                 "error": response["error"].as_str().map(|e| e.chars().take(200).collect::<String>()), "seconds": start.elapsed().as_secs_f64(),
