@@ -16,7 +16,7 @@ pub enum Message {
 }
 
 /// Bounds the work a hostile host can cause before validation even starts.
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn parse_message(text: &str) -> Result<Message> {
     if text.len() > MAX_REQUEST_BYTES {

@@ -43,13 +43,13 @@ impl Default for Limits {
     }
 }
 
-pub const DEFAULT_STEPS: u32 = 25;
-pub const DEFAULT_GUIDANCE: f64 = 7.5;
-pub const DEFAULT_STRENGTH: f64 = 0.8;
-pub const DEFAULT_SIZE: u32 = 1024;
-pub const DEFAULT_QUALITY: u8 = 95;
-pub const DEFAULT_SAVE_PATH: &str = "outputs/";
-pub const DEFAULT_TIMEOUT_S: f64 = 300.0;
+pub(crate) const DEFAULT_STEPS: u32 = 25;
+pub(crate) const DEFAULT_GUIDANCE: f64 = 7.5;
+pub(crate) const DEFAULT_STRENGTH: f64 = 0.8;
+pub(crate) const DEFAULT_SIZE: u32 = 1024;
+pub(crate) const DEFAULT_QUALITY: u8 = 95;
+pub(crate) const DEFAULT_SAVE_PATH: &str = "outputs/";
+pub(crate) const DEFAULT_TIMEOUT_S: f64 = 300.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

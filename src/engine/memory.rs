@@ -83,4 +83,4 @@ fn resident_set_bytes() -> u64 {
 }
 
 /// Headroom kept free on a GPU for the CUDA context, cuBLAS workspaces and fragmentation.
-pub const DEVICE_HEADROOM_BYTES: u64 = 1536 << 20;
+pub(crate) const DEVICE_HEADROOM_BYTES: u64 = 1536 << 20;

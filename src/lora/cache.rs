@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::loader::lora::{read_lora_file, LoraFile};
 
 /// How many parsed LoRA files stay cached (their tensors live on the CPU, in the file's dtype).
-pub const DEFAULT_CAPACITY: usize = 8;
+pub(crate) const DEFAULT_CAPACITY: usize = 8;
 
 /// `name` as an existing path; `models_dir/loras/<name>.safetensors`; `models_dir/<name>.safetensors`
 /// (a name that already ends in `.safetensors` is also tried as is in both folders).

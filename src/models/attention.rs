@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 
 use crate::error::Result;
 
-pub const SCORE_CHUNK_BYTES: usize = 256 << 20;
+pub(crate) const SCORE_CHUNK_BYTES: usize = 256 << 20;
 
 /// `softmax(q kᵀ / sqrt(d) + mask) v` for (batch, tokens, heads × head_dim) inputs.
 pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {

@@ -12,9 +12,9 @@ use crate::error::{Error, Result};
 pub use prompt_weighting::{parse_weighted_prompt, WeightedSegment};
 
 /// Tokens per CLIP window, including the start and end tokens.
-pub const CONTEXT_LENGTH: usize = 77;
+pub(crate) const CONTEXT_LENGTH: usize = 77;
 /// Prompt tokens per window.
-pub const CHUNK_TOKENS: usize = CONTEXT_LENGTH - 2;
+pub(crate) const CHUNK_TOKENS: usize = CONTEXT_LENGTH - 2;
 
 static EMBEDDED_TOKENIZER_GZ: &[u8] = include_bytes!("../../assets/clip_tokenizer.json.gz");
 
