@@ -100,6 +100,48 @@ pub fn dpm_solver_first_order_update(
     }
 }
 
+/// The second-order DPM-Solver++ update from the sample at `source` to `target`, given the
+/// first-order term `d0` and the divided difference `d1` (diffusers'
+/// `multistep_dpm_solver_second_order_update` and `singlestep_dpm_solver_second_order_update`
+/// share it; they differ in which point is the source and how d0/d1 are formed).
+pub fn dpm_solver_second_order_update(
+    algorithm: DpmAlgorithm,
+    solver_type: DpmSolverType,
+    sample: &Tensor,
+    source: VpPoint,
+    target: VpPoint,
+    d0: &Tensor,
+    d1: &Tensor,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (t, h) = (target, target.lambda - source.lambda);
+    match (algorithm, noise) {
+        (DpmAlgorithm::DpmSolverPlusPlus, _) => {
+            let b = t.alpha * ((-h).exp() - 1.0);
+            let d1_coefficient = match solver_type {
+                DpmSolverType::Midpoint => -(0.5 * b),
+                DpmSolverType::Heun => t.alpha * (((-h).exp() - 1.0) / h + 1.0),
+            };
+            linear_combination(&[(t.sigma / source.sigma, sample), (-b, d0), (d1_coefficient, d1)])
+        }
+        (DpmAlgorithm::SdeDpmSolverPlusPlus, Some(noise)) => {
+            let decay = (-2.0 * h).exp();
+            let b = t.alpha * (1.0 - decay);
+            let d1_coefficient = match solver_type {
+                DpmSolverType::Midpoint => 0.5 * b,
+                DpmSolverType::Heun => t.alpha * ((1.0 - decay) / (-2.0 * h) + 1.0),
+            };
+            linear_combination(&[
+                (t.sigma / source.sigma * (-h).exp(), sample),
+                (b, d0),
+                (d1_coefficient, d1),
+                (t.sigma * (1.0 - decay).sqrt(), noise),
+            ])
+        }
+        (DpmAlgorithm::SdeDpmSolverPlusPlus, None) => Err(Error::Internal("SDE-DPM-Solver++ step without noise".into())),
+    }
+}
+
 pub struct DpmSolverMultistep {
     timesteps: Vec<f64>,
     sigmas: Vec<f32>,
@@ -160,37 +202,9 @@ impl DpmSolverMultistep {
         let t = VpPoint::at(self.sigmas[index + 1]);
         let s0 = VpPoint::at(self.sigmas[index]);
         let s1 = VpPoint::at(self.sigmas[index - 1]);
-        let h = t.lambda - s0.lambda;
-        let r0 = (s0.lambda - s1.lambda) / h;
-        let d0 = m0;
+        let r0 = (s0.lambda - s1.lambda) / (t.lambda - s0.lambda);
         let d1 = ((m0 - m1)? * (1.0 / r0) as f64)?;
-        match (self.algorithm, noise) {
-            (DpmAlgorithm::DpmSolverPlusPlus, _) => {
-                let b = t.alpha * ((-h).exp() - 1.0);
-                let d1_coefficient = match self.solver_type {
-                    DpmSolverType::Midpoint => -(0.5 * b),
-                    DpmSolverType::Heun => t.alpha * (((-h).exp() - 1.0) / h + 1.0),
-                };
-                linear_combination(&[(t.sigma / s0.sigma, sample), (-b, d0), (d1_coefficient, &d1)])
-            }
-            (DpmAlgorithm::SdeDpmSolverPlusPlus, Some(noise)) => {
-                let decay = (-2.0 * h).exp();
-                let b = t.alpha * (1.0 - decay);
-                let d1_coefficient = match self.solver_type {
-                    DpmSolverType::Midpoint => 0.5 * b,
-                    DpmSolverType::Heun => t.alpha * ((1.0 - decay) / (-2.0 * h) + 1.0),
-                };
-                linear_combination(&[
-                    (t.sigma / s0.sigma * (-h).exp(), sample),
-                    (b, d0),
-                    (d1_coefficient, &d1),
-                    (t.sigma * (1.0 - decay).sqrt(), noise),
-                ])
-            }
-            (DpmAlgorithm::SdeDpmSolverPlusPlus, None) => {
-                Err(Error::Internal("SDE-DPM-Solver++ step without noise".into()))
-            }
-        }
+        dpm_solver_second_order_update(self.algorithm, self.solver_type, sample, s0, t, m0, &d1, noise)
     }
 
     /// `multistep_dpm_solver_third_order_update` (the same formula for both solver types).

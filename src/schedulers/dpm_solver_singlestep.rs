@@ -7,7 +7,9 @@
 
 use candle_core::Tensor;
 
-use super::dpm_solver_multistep::{dpm_solver_first_order_update, DpmAlgorithm, DpmSolverType, VpPoint};
+use super::dpm_solver_multistep::{
+    dpm_solver_first_order_update, dpm_solver_second_order_update, DpmAlgorithm, DpmSolverType, VpPoint,
+};
 use super::noise_schedule::{
     final_sigma, linear_combination, solver_schedule, vp_denoised, KarrasTimesteps, PredictionType,
 };
@@ -112,37 +114,9 @@ impl DpmSolverSinglestep {
         let t = VpPoint::at(self.sigmas[index + 1]);
         let s0 = VpPoint::at(self.sigmas[index]);
         let s1 = VpPoint::at(self.sigmas[index - 1]);
-        let h = t.lambda - s1.lambda;
-        let r0 = (s0.lambda - s1.lambda) / h;
-        let d0 = m1;
+        let r0 = (s0.lambda - s1.lambda) / (t.lambda - s1.lambda);
         let d1 = ((m0 - m1)? * (1.0 / r0) as f64)?;
-        match (self.algorithm, noise) {
-            (DpmAlgorithm::DpmSolverPlusPlus, _) => {
-                let b = t.alpha * ((-h).exp() - 1.0);
-                let d1_coefficient = match self.solver_type {
-                    DpmSolverType::Midpoint => -(0.5 * b),
-                    DpmSolverType::Heun => t.alpha * (((-h).exp() - 1.0) / h + 1.0),
-                };
-                linear_combination(&[(t.sigma / s1.sigma, sample), (-b, d0), (d1_coefficient, &d1)])
-            }
-            (DpmAlgorithm::SdeDpmSolverPlusPlus, Some(noise)) => {
-                let decay = (-2.0 * h).exp();
-                let b = t.alpha * (1.0 - decay);
-                let d1_coefficient = match self.solver_type {
-                    DpmSolverType::Midpoint => 0.5 * b,
-                    DpmSolverType::Heun => t.alpha * ((1.0 - decay) / (-2.0 * h) + 1.0),
-                };
-                linear_combination(&[
-                    (t.sigma / s1.sigma * (-h).exp(), sample),
-                    (b, d0),
-                    (d1_coefficient, &d1),
-                    (t.sigma * (1.0 - decay).sqrt(), noise),
-                ])
-            }
-            (DpmAlgorithm::SdeDpmSolverPlusPlus, None) => {
-                Err(Error::Internal("SDE-DPM-Solver++ step without noise".into()))
-            }
-        }
+        dpm_solver_second_order_update(self.algorithm, self.solver_type, sample, s1, t, m1, &d1, noise)
     }
 
     /// `singlestep_dpm_solver_third_order_update`: from the sample at s2 (two steps back).
