@@ -186,7 +186,9 @@ struct Networks {
     adapters: crate::lora::ModelAdapters,
 }
 
-fn build_networks(configs: &Configs, vbs: [VarBuilder; 4], options: &LoadOptions) -> Result<Networks> {
+fn build_networks(configs: &Configs, vbs: [VarBuilder; 4]) -> Result<Networks> {
+    // Inconsistent configs are refused before any weight is read.
+    check_conditioning_dims(configs)?;
     let [unet_vb, te_vb, te2_vb, vae_vb] = vbs;
     // The UNet's and encoders' linear/conv layers register by name so LoRAs can patch them.
     let (unet, unet_layers) = collect_layers(&unet_vb.prefix(), || UNet2DConditionModel::new(unet_vb.clone(), &configs.unet))
@@ -196,8 +198,6 @@ fn build_networks(configs: &Configs, vbs: [VarBuilder; 4], options: &LoadOptions
     let (te2, te2_layers) = collect_layers(&te2_vb.prefix(), || ClipTextTransformer::new(te2_vb.clone(), &configs.text_encoder_2, true))
         .map_err(|e| model_load_error(e, "text_encoder_2"))?;
     let vae = AutoencoderKL::new(vae_vb, &configs.vae).map_err(|e| model_load_error(e, "vae"))?;
-    check_conditioning_dims(configs)?;
-    let _ = options;
     let adapters = crate::lora::ModelAdapters::new(unet_layers, te_layers, te2_layers, &configs.unet);
     Ok(Networks { unet, text_encoder: te, text_encoder_2: te2, vae, adapters })
 }
@@ -278,7 +278,7 @@ pub fn load_diffusers_folder(dir: &Path, options: &LoadOptions) -> Result<SdxlMo
         Arc::new(text_encoder_weights(te2_files, "text_encoder_2")).into_var_builder(dtype, device),
         Arc::new(WeightSet::with_prefix(vae_files, "", "vae")).into_var_builder(vae_dtype, device),
     ];
-    let networks = build_networks(&configs, vbs, options)?;
+    let networks = build_networks(&configs, vbs)?;
     let tokenizers = match (dir.join("tokenizer").is_dir(), dir.join("tokenizer_2").is_dir()) {
         (true, true) => (
             ClipTokenizer::from_folder(&dir.join("tokenizer"), "<|endoftext|>")?,
@@ -312,7 +312,7 @@ pub fn load_single_file(path: &Path, options: &LoadOptions) -> Result<SdxlModel>
         Arc::new(WeightSet::new(files.clone(), single_file::text_encoder_2_map(), "text_encoder_2")).into_var_builder(dtype, device),
         Arc::new(WeightSet::new(files, single_file::vae_map(configs.vae.block_out_channels.len()), "vae")).into_var_builder(vae_dtype, device),
     ];
-    let networks = build_networks(&configs, vbs, options)?;
+    let networks = build_networks(&configs, vbs)?;
     let tokenizers = match options.config_dir {
         Some(dir) if dir.join("tokenizer").is_dir() && dir.join("tokenizer_2").is_dir() => (
             ClipTokenizer::from_folder(&dir.join("tokenizer"), "<|endoftext|>")?,
@@ -338,7 +338,7 @@ fn load_generated(
         vb(options.dtype, "text_encoder_2"),
         vb(options.vae_dtype, "vae"),
     ];
-    let networks = build_networks(&configs, vbs, options)?;
+    let networks = build_networks(&configs, vbs)?;
     Ok(assemble(configs, networks, embedded_tokenizers()?, options, description.into(), 0))
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
-use parking_lot::Mutex;
 
 use super::safetensors_file::SafetensorsFile;
 use crate::error::{Error, Result};
@@ -25,15 +24,22 @@ pub enum Source {
     Transposed(String),
 }
 
+impl Source {
+    /// The stored tensor this source reads.
+    pub fn key(&self) -> &str {
+        match self {
+            Source::Key(key) | Source::Transposed(key) | Source::Chunk { key, .. } => key,
+        }
+    }
+}
+
 pub type KeyMap = Arc<dyn Fn(&str) -> Option<Source> + Send + Sync>;
 
-/// Files of one model component plus the name map; records every stored key used so
-/// loaders can report what a checkpoint contains that no layer consumed.
+/// Files of one model component plus the name map.
 pub struct WeightSet {
     files: Vec<Arc<SafetensorsFile>>,
     index: HashMap<String, usize>,
     map: KeyMap,
-    used: Mutex<std::collections::HashSet<String>>,
     label: String,
 }
 
@@ -45,7 +51,7 @@ impl WeightSet {
                 index.insert(name.clone(), i);
             }
         }
-        Self { files, index, map, used: Mutex::new(Default::default()), label: label.into() }
+        Self { files, index, map, label: label.into() }
     }
 
     /// Identity map: the files already use diffusers names under `prefix`.
@@ -59,12 +65,7 @@ impl WeightSet {
             .index
             .get(key)
             .ok_or_else(|| Error::ModelLoad(format!("{}: missing weight {key}", self.label)))?;
-        self.used.lock().insert(key.to_string());
         self.files[*file].load(key, device)
-    }
-
-    fn stored_shape(&self, key: &str) -> Option<Vec<usize>> {
-        self.index.get(key).and_then(|&file| self.files[file].shape(key).map(|s| s.to_vec()))
     }
 
     pub fn contains_stored(&self, key: &str) -> bool {
@@ -101,25 +102,7 @@ impl WeightSet {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        match (self.map)(name) {
-            Some(Source::Key(key)) | Some(Source::Transposed(key)) | Some(Source::Chunk { key, .. }) => self.contains_stored(&key),
-            None => false,
-        }
-    }
-
-    /// Shape of the stored tensor a diffusers name maps to (for config inference).
-    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
-        match (self.map)(name)? {
-            Source::Key(key) | Source::Transposed(key) | Source::Chunk { key, .. } => self.stored_shape(&key),
-        }
-    }
-
-    pub fn used_keys(&self) -> std::collections::HashSet<String> {
-        self.used.lock().clone()
-    }
-
-    pub fn stored_keys(&self) -> impl Iterator<Item = &String> {
-        self.index.keys()
+        (self.map)(name).is_some_and(|source| self.contains_stored(source.key()))
     }
 
     pub fn into_var_builder(self: Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
@@ -136,10 +119,7 @@ impl SimpleBackend for WeightBackend {
 
     fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
         let source = (self.0.map)(name).ok_or_else(|| candle_core::Error::Msg(format!("no mapping for {name}")))?;
-        let key = match source {
-            Source::Key(key) | Source::Transposed(key) | Source::Chunk { key, .. } => key,
-        };
-        self.0.stored(&key, device).and_then(|t| Ok(t.to_dtype(dtype)?)).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        self.0.stored(source.key(), device).and_then(|t| Ok(t.to_dtype(dtype)?)).map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

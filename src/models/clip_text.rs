@@ -179,7 +179,7 @@ impl ClipTextTransformer {
 
     /// `input_ids`: (batch, ≤ max_position_embeddings) u32 token ids.
     pub fn forward(&self, input_ids: &Tensor) -> Result<ClipTextOutput> {
-        let (batch, len) = input_ids.dims2()?;
+        let (_, len) = input_ids.dims2()?;
         if len > self.config.max_position_embeddings {
             return Err(Error::Internal(format!("{len} tokens exceed CLIP's {} positions", self.config.max_position_embeddings)));
         }
@@ -217,7 +217,6 @@ impl ClipTextTransformer {
                 Some(projection.forward(&Tensor::stack(&rows, 0)?)?)
             }
         };
-        let _ = batch;
         Ok(ClipTextOutput { penultimate_hidden_states, pooled })
     }
 }

@@ -267,7 +267,7 @@ impl UNet2DConditionModel {
         cond: &UNetConditioning,
         residuals: Option<&AdditionalResiduals>,
     ) -> Result<Tensor> {
-        let (batch, _, height, width) = sample.dims4()?;
+        let batch = sample.dim(0)?;
         let device = sample.device();
         let dtype = sample.dtype();
 
@@ -320,7 +320,6 @@ impl UNet2DConditionModel {
             let mut block_skips = skips.split_off(remaining);
             hidden = block.forward(&hidden, &mut block_skips, &emb, context, upsample_size)?;
         }
-        let _ = (height, width);
         let hidden = self.conv_norm_out.forward(&hidden)?.silu()?;
         Ok(self.conv_out.forward(&hidden)?)
     }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::loader::SdxlModel;
 use crate::models::UNetConditioning;
 use crate::rng::NormalKernel;
-use crate::schedulers::{build_scheduler, Scheduler, SchedulerKind};
+use crate::schedulers::{build_scheduler, Scheduler};
 
 pub struct GeneratedBatch {
     pub images: Vec<image::RgbImage>,
@@ -204,6 +204,5 @@ pub fn generate(
         images.push(crate::image::tensor_to_rgb(&decoded)?);
     }
     stage_times.decode = decode_start.elapsed().as_secs_f64();
-    let _ = SchedulerKind::default();
     Ok(GeneratedBatch { images, seeds, stage_times, model_calls })
 }
