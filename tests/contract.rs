@@ -411,3 +411,14 @@ fn every_failure_has_the_seeds_response_shape() {
     assert_eq!(response["error_number"], -3);
     assert!(response["request_id"].as_str().is_some_and(|id| !id.is_empty()), "a generated request id: {response}");
 }
+
+#[test]
+fn scheduler_aliases_imply_their_options_unless_the_request_sets_them() {
+    let plan_for = |request: Value| plan_request(&parse_request(request).unwrap(), "r".into(), &Limits::default(), || 0).unwrap();
+    let karras = plan_for(with("scheduler", json!("dpm++2m karras")));
+    assert_eq!(karras.scheduler, SchedulerKind::DpmSolverMultistep);
+    assert_eq!(karras.scheduler_overrides.use_karras_sigmas, Some(true));
+    let mut explicit = with("scheduler", json!("dpm++2m karras"));
+    explicit["scheduler_options"] = json!({"use_karras_sigmas": false});
+    assert_eq!(plan_for(explicit).scheduler_overrides.use_karras_sigmas, Some(false));
+}

@@ -244,10 +244,12 @@ pub fn plan_request(
             SchedulerKind::default()
         }
     };
+    // Explicit scheduler_options win over what an alias like "dpm++2m karras" implies.
     let scheduler_overrides = match &request.scheduler_options {
         None => SchedulerOverrides::default(),
         Some(options) => SchedulerOverrides::from_request(options, &mut errors),
-    };
+    }
+    .or(SchedulerKind::alias_overrides(&scheduler_name));
 
     // Which files the names mean and whether they fit the model is checked when they are
     // applied (crate::lora::apply_request), with the same field paths.

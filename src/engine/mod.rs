@@ -236,7 +236,6 @@ impl Engine {
         let data = api::normalize_legacy_fields(data);
         let request = api::parse_request(data)?;
         let mut plan = api::plan_request(&request, request_id.to_string(), &self.config.limits, random_seed)?;
-        plan.scheduler_overrides = plan.scheduler_overrides.clone().or(crate::schedulers::SchedulerKind::alias_overrides(request.scheduler.as_deref().unwrap_or("")));
         warnings.append(&mut plan.warnings);
         if let Some(precision) = &request.precision {
             if let Some(dtype) = &precision.dtype {
