@@ -17,18 +17,32 @@ pub struct PromptEmbeddings {
     pub pooled: Tensor,
 }
 
-/// Encodes one prompt into `windows` windows (at least as many as the prompt needs;
-/// the rest are empty-prompt windows, so positive and negative line up for CFG).
-pub fn encode_prompt(model: &SdxlModel, prompt: &str, truncation: PromptTruncation, min_windows: usize, device: &Device) -> Result<PromptEmbeddings> {
-    let mut windows_1 = model.tokenizer.windows(prompt, truncation)?;
-    let mut windows_2 = model.tokenizer_2.windows(prompt, truncation)?;
-    while windows_1.len() < min_windows {
-        windows_1.extend(model.tokenizer.windows("", truncation)?);
-        windows_2.extend(model.tokenizer_2.windows("", truncation)?);
+/// A prompt tokenized for both encoders (same tokens, different padding).
+struct TokenizedPrompt {
+    windows_1: Vec<TokenWindow>,
+    windows_2: Vec<TokenWindow>,
+}
+
+fn tokenize(model: &SdxlModel, prompt: &str, truncation: PromptTruncation) -> Result<TokenizedPrompt> {
+    Ok(TokenizedPrompt {
+        windows_1: model.tokenizer.windows(prompt, truncation)?,
+        windows_2: model.tokenizer_2.windows(prompt, truncation)?,
+    })
+}
+
+/// Encodes a tokenized prompt into `windows` windows (at least as many as it has; the
+/// rest are empty-prompt windows, so positive and negative line up for CFG).
+fn encode_windows(model: &SdxlModel, mut prompt: TokenizedPrompt, windows: usize, truncation: PromptTruncation, device: &Device) -> Result<PromptEmbeddings> {
+    if prompt.windows_1.len() < windows {
+        let empty = tokenize(model, "", truncation)?;
+        while prompt.windows_1.len() < windows {
+            prompt.windows_1.extend(empty.windows_1.iter().cloned());
+            prompt.windows_2.extend(empty.windows_2.iter().cloned());
+        }
     }
     let mut states = Vec::new();
     let mut pooled = None;
-    for (window_1, window_2) in windows_1.iter().zip(&windows_2) {
+    for (window_1, window_2) in prompt.windows_1.iter().zip(&prompt.windows_2) {
         let ids_1 = Tensor::new(window_1.ids.as_slice(), device)?.unsqueeze(0)?;
         let ids_2 = Tensor::new(window_2.ids.as_slice(), device)?.unsqueeze(0)?;
         let out_1 = model.text_encoder.forward(&ids_1)?;
@@ -42,11 +56,6 @@ pub fn encode_prompt(model: &SdxlModel, prompt: &str, truncation: PromptTruncati
     }
     let pooled = pooled.ok_or_else(|| crate::error::Error::Internal("second text encoder gave no pooled output".into()))?;
     Ok(PromptEmbeddings { hidden_states: Tensor::cat(&states, 1)?, pooled })
-}
-
-/// Number of 77-token windows a prompt needs.
-pub fn window_count(model: &SdxlModel, prompt: &str, truncation: PromptTruncation) -> Result<usize> {
-    Ok(model.tokenizer.windows(prompt, truncation)?.len())
 }
 
 /// A1111's emphasis: scale each token's state by its weight, then restore the mean.
@@ -81,19 +90,16 @@ pub fn encode_conditioning(
 ) -> Result<Conditioning> {
     // diffusers zeroes the negative only when none was given at all; "" is encoded like a prompt.
     let zero_negative = negative_prompt.is_none() && model.force_zeros_for_empty_prompt;
-    let negative_text = negative_prompt.unwrap_or("");
-    let windows = if guidance && !zero_negative {
-        window_count(model, prompt, truncation)?.max(window_count(model, negative_text, truncation)?)
-    } else {
-        window_count(model, prompt, truncation)?
-    };
-    let positive = encode_prompt(model, prompt, truncation, windows, device)?;
-    let negative = if !guidance {
-        None
-    } else if zero_negative {
-        Some(PromptEmbeddings { hidden_states: positive.hidden_states.zeros_like()?, pooled: positive.pooled.zeros_like()? })
-    } else {
-        Some(encode_prompt(model, negative_text, truncation, windows, device)?)
+    let positive_tokens = tokenize(model, prompt, truncation)?;
+    let negative_tokens = if guidance && !zero_negative { Some(tokenize(model, negative_prompt.unwrap_or(""), truncation)?) } else { None };
+    let windows = positive_tokens.windows_1.len().max(negative_tokens.as_ref().map_or(0, |n| n.windows_1.len()));
+    let positive = encode_windows(model, positive_tokens, windows, truncation, device)?;
+    let negative = match negative_tokens {
+        Some(tokens) => Some(encode_windows(model, tokens, windows, truncation, device)?),
+        None if guidance => {
+            Some(PromptEmbeddings { hidden_states: positive.hidden_states.zeros_like()?, pooled: positive.pooled.zeros_like()? })
+        }
+        None => None,
     };
     Ok(Conditioning { positive, negative })
 }
