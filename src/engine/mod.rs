@@ -144,16 +144,27 @@ impl Engine {
         let options = LoadOptions { device: &self.device, dtype: self.dtype, vae_dtype: self.vae_dtype, config_dir: config_path.as_deref() };
         tracing::info!(model = name, "loading model");
         let model = Arc::new(loader::load_model(&location, &options)?);
-        let mut models = self.models.lock();
-        while models.len() >= self.config.max_loaded_models {
-            let oldest = models.iter().min_by_key(|(_, entry)| entry.last_used).map(|(key, _)| key.clone());
-            match oldest {
-                Some(key) => models.remove(&key),
-                None => break,
-            };
-        }
-        models.insert(key, LoadedModel { model: model.clone(), last_used: stamp });
+        while self.models.lock().len() >= self.config.max_loaded_models && self.evict_least_recently_used(None) {}
+        self.models.lock().insert(key, LoadedModel { model: model.clone(), last_used: stamp });
         Ok(model)
+    }
+
+    /// Drops the least recently used cached model other than `keep`; false if none was left.
+    fn evict_least_recently_used(&self, keep: Option<&Arc<SdxlModel>>) -> bool {
+        let mut models = self.models.lock();
+        let victim = models
+            .iter()
+            .filter(|(_, entry)| keep.is_none_or(|keep| !Arc::ptr_eq(&entry.model, keep)))
+            .min_by_key(|(_, entry)| entry.last_used)
+            .map(|(key, _)| key.clone());
+        match victim {
+            Some(key) => {
+                tracing::info!(model = key.split('|').next().unwrap_or(&key), "evicting a cached model");
+                models.remove(&key);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The resident model a name was loaded as (with no `config`), if it is loaded.
@@ -356,18 +367,7 @@ impl Engine {
         }
         let free = |engine: &Self| memory::device_memory(&engine.device).map(|(free, _)| free.saturating_sub(memory::DEVICE_HEADROOM_BYTES));
         let Some(mut available) = free(self) else { return Ok(()) };
-        while needed > available {
-            let victim = {
-                let models = self.models.lock();
-                models
-                    .iter()
-                    .filter(|(_, entry)| !Arc::ptr_eq(&entry.model, model))
-                    .min_by_key(|(_, entry)| entry.last_used)
-                    .map(|(key, _)| key.clone())
-            };
-            let Some(victim) = victim else { break };
-            tracing::info!(model = victim.as_str(), "evicting a cached model to make room");
-            self.models.lock().remove(&victim);
+        while needed > available && self.evict_least_recently_used(Some(model)) {
             self.device.synchronize()?;
             available = free(self).unwrap_or(available);
         }
