@@ -164,3 +164,17 @@ fn every_response_reports_the_peak_memory_of_the_request() {
     // On CPU this is the resident set: at least the tiny model and the runtime.
     assert!(peak > 10 << 20, "peak {peak} bytes");
 }
+
+#[test]
+fn a_model_loaded_with_a_config_folder_serves_requests_that_name_it() {
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let engine = engine("config-load");
+    let checkpoint = fixtures.join("tiny-sdxl.safetensors");
+    engine
+        .load_model_json(&json!({"base": checkpoint, "config": fixtures.join("tiny-sdxl")}).to_string())
+        .expect("the tiny single file loads with its config folder");
+    let mut body: Value = serde_json::from_str(&request(1, json!({}))).unwrap();
+    body["models"]["base"] = json!(checkpoint);
+    let response = respond(&engine, &body.to_string());
+    assert_eq!(response["success"], true, "{response}");
+}

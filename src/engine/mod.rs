@@ -130,9 +130,19 @@ impl Engine {
     fn model(&self, name: &str, config_dir: Option<&str>) -> Result<Arc<SdxlModel>> {
         let stamp = self.use_counter.fetch_add(1, Ordering::Relaxed);
         let key = format!("{name}|{}", config_dir.unwrap_or(""));
-        if let Some(entry) = self.models.lock().get_mut(&key) {
-            entry.last_used = stamp;
-            return Ok(entry.model.clone());
+        {
+            let mut models = self.models.lock();
+            // A request names only the model; it uses whatever config it was loaded with.
+            let found = if models.contains_key(&key) || config_dir.is_some() {
+                Some(key.clone())
+            } else {
+                let prefix = format!("{name}|");
+                models.keys().find(|k| k.starts_with(&prefix)).cloned()
+            };
+            if let Some(entry) = found.and_then(|k| models.get_mut(&k)) {
+                entry.last_used = stamp;
+                return Ok(entry.model.clone());
+            }
         }
         let location = loader::resolve_model(name, self.config.models_dir.as_deref())?;
         let config_path = config_dir.map(PathBuf::from);
