@@ -65,6 +65,29 @@ pub fn device_memory(device: &candle_core::Device) -> Option<(u64, u64)> {
     None
 }
 
+/// After a request fails for lack of device memory: waits for the work the failed request
+/// already queued (its frees are ordered behind it on the stream), then hands the memory
+/// pool's cached blocks back to the driver, so the next request starts from an empty pool.
+/// Returns the free bytes afterwards (None on CPU).
+pub fn release_device_memory(device: &candle_core::Device) -> crate::error::Result<Option<u64>> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(cuda) = device {
+        use candle_core::cuda_backend::cudarc::driver::result;
+        let stream = cuda.cuda_stream();
+        let context = stream.context();
+        stream.synchronize().map_err(|e| crate::error::Error::Device(format!("draining the failed request's work: {e}")))?;
+        context.bind_to_thread().map_err(|e| crate::error::Error::Device(e.to_string()))?;
+        // SAFETY: the device handle comes from a live context; trimming only returns unused blocks.
+        unsafe {
+            let pool = result::device::get_default_mem_pool(context.cu_device()).map_err(|e| crate::error::Error::Device(e.to_string()))?;
+            result::mem_pool::trim_to(pool, 0).map_err(|e| crate::error::Error::Device(e.to_string()))?;
+        }
+        return Ok(device_memory(device).map(|(free, _)| free));
+    }
+    let _ = device;
+    Ok(None)
+}
+
 /// Memory in use now: device memory on CUDA, this process's resident set on CPU.
 pub fn memory_in_use(device: &candle_core::Device) -> u64 {
     if let Some((free, total)) = device_memory(device) {

@@ -285,7 +285,17 @@ impl Engine {
         if lora_report.layers_patched + lora_report.layers_restored > 0 {
             tracing::info!(patched = lora_report.layers_patched, restored = lora_report.layers_restored, ms = lora_report.elapsed.as_millis() as u64, "LoRA adapters changed");
         }
-        self.generate_with_model(&model, &plan, init_image.as_ref(), &loaded_loras, started)
+        let result = self.generate_with_model(&model, &plan, init_image.as_ref(), &loaded_loras, started);
+        // The failed request's tensors are dropped by now; its queued work and cached blocks are not.
+        if let Err(Error::OutOfMemory(message)) = &result {
+            let released = match memory::release_device_memory(&self.device) {
+                Ok(Some(free)) => format!("; its device memory was released ({} free now) and the engine is ready", memory::gib(free)),
+                Ok(None) => String::new(),
+                Err(err) => format!("; releasing its device memory failed too: {err}"),
+            };
+            return Err(Error::OutOfMemory(format!("{message}{released}")));
+        }
+        result
     }
 
     fn generate_with_model(
@@ -426,6 +436,11 @@ struct EngineObserver<'a> {
 
 impl ProgressObserver for EngineObserver<'_> {
     fn on_progress(&mut self, event: &ProgressEvent) -> bool {
+        // On a GPU the host runs ahead of the device; waiting here keeps it at most one step
+        // ahead, so a cancel or an out-of-memory error leaves at most one step of queued work.
+        if !self.engine.device.is_cpu() && self.engine.device.synchronize().is_err() {
+            return false;
+        }
         self.peak_memory = self.peak_memory.max(memory::memory_in_use(&self.engine.device));
         if self.engine.cancel_requested.load(Ordering::SeqCst) {
             return false;

@@ -4,6 +4,7 @@
 # diffusers wheel sits in .dev/whl/; carry [".dev/ship", ".dev/whl"].
 #   run_on_device.sh bench     GPU parity on the tiny fixtures + our bench + diffusers' bench
 #   run_on_device.sh compare   full-size parity with diffusers on the same random weights
+#   run_on_device.sh oom       admission refusal, real CUDA out-of-memory and recovery
 # Results go to $OUT (JSON lines), one file per part.
 set -uo pipefail
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
@@ -33,6 +34,11 @@ bench)
 compare)
     "$PY" tools/bench/diffusers_bench.py make-reference /tmp/sdxl-random > "$OUT/reference.jsonl" 2> "$OUT/reference.err"; echo "reference rc=$?"
     .dev/gpu/gpu_bench compare /tmp/sdxl-random > "$OUT/compare.jsonl" 2> "$OUT/compare.err"; echo "compare rc=$?"
+    ;;
+oom)
+    sampler=$(sample_memory "$OUT/mem_oom.csv")
+    .dev/gpu/gpu_bench oom > "$OUT/oom.jsonl" 2> "$OUT/oom.err"; echo "oom rc=$?"
+    kill "$sampler"
     ;;
 esac
 tail -n 3 "$OUT"/*.err 2>/dev/null
