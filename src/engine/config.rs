@@ -30,6 +30,9 @@ pub struct EngineConfig {
     /// Device memory a request's activations may use (GiB); a request estimated above it
     /// is refused with OUT_OF_MEMORY before it starts. None: no limit.
     pub max_memory_gb: Option<f64>,
+    /// Default for requests that don't set `precision.cpu_offload`: keep the text encoders
+    /// and the VAE in host memory, on the device only while they run.
+    pub cpu_offload: bool,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +47,7 @@ impl Default for EngineConfig {
             torch_cpu_kernel: "vectorized".into(),
             max_loaded_models: 2,
             max_memory_gb: None,
+            cpu_offload: false,
         }
     }
 }

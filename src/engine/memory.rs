@@ -20,7 +20,7 @@ fn dtype_bytes(dtype: DType) -> u64 {
 /// Peak bytes of activations for one request on the model (weights excluded).
 pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     let unet = model.unet.config();
-    let factor = model.vae.config().downscale_factor() as u64;
+    let factor = model.vae.network().config().downscale_factor() as u64;
     let (h, w) = (plan.height as u64 / factor, plan.width as u64 / factor);
     let rows = plan.batch_size as u64 * if plan.guidance_scale > 1.0 { 2 } else { 1 };
     let element = dtype_bytes(model.dtype);
@@ -43,7 +43,7 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     let features: u64 = (0..levels)
         .map(|level| rows * unet.block_out_channels[level] as u64 * (h >> level) * (w >> level) * element * 8)
         .sum();
-    let vae = model.vae.config();
+    let vae = model.vae.network().config();
     let vae_element = dtype_bytes(model.vae_dtype);
     let latent_tokens = h * w;
     let vae_attention = (2 * latent_tokens * latent_tokens * vae_element).min(2 * SCORE_CHUNK_BYTES);

@@ -26,6 +26,13 @@ pub use config::EngineConfig;
 /// A host's progress callback: returns false to cancel.
 pub type ProgressCallback = Box<dyn FnMut(&str, &ProgressEvent) -> bool + Send>;
 
+/// A cached model: the name it was asked for and the config folder it was loaded with.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ModelKey {
+    name: String,
+    config_dir: Option<String>,
+}
+
 struct LoadedModel {
     model: Arc<SdxlModel>,
     last_used: u64,
@@ -39,7 +46,7 @@ pub struct Engine {
     noise_kernel: NormalKernel,
     /// Warnings every response carries (e.g. dtype downgraded on CPU).
     engine_warnings: Vec<String>,
-    models: Mutex<HashMap<String, LoadedModel>>,
+    models: Mutex<HashMap<ModelKey, LoadedModel>>,
     /// Parsed LoRA files, shared by every model (adapters are matched to a model when applied).
     loras: crate::lora::LoraCache,
     /// Serialises device work: one request runs at a time, others queue fairly.
@@ -126,35 +133,53 @@ impl Engine {
         self.cancel_requested.store(true, Ordering::SeqCst);
     }
 
-    /// Loads (or finds cached) the model a name resolves to.
-    fn model(&self, name: &str, config_dir: Option<&str>) -> Result<Arc<SdxlModel>> {
+    /// Loads (or finds cached) the model a name resolves to. `cpu_offload` is the placement
+    /// wanted; a cached model placed otherwise is loaded again. Before loading, least recently
+    /// used models are evicted until the new weights fit the memory budget.
+    fn model(&self, name: &str, config_dir: Option<&str>, cpu_offload: bool) -> Result<Arc<SdxlModel>> {
         let stamp = self.use_counter.fetch_add(1, Ordering::Relaxed);
-        let key = format!("{name}|{}", config_dir.unwrap_or(""));
+        let mut key = ModelKey { name: name.to_string(), config_dir: config_dir.map(str::to_string) };
         {
             let mut models = self.models.lock();
             // A request names only the model; it uses whatever config it was loaded with.
             let found = if models.contains_key(&key) || config_dir.is_some() {
                 Some(key.clone())
             } else {
-                let prefix = format!("{name}|");
-                models.keys().find(|k| k.starts_with(&prefix)).cloned()
+                models.keys().find(|k| k.name == name).cloned()
             };
-            if let Some(entry) = found.and_then(|k| models.get_mut(&k)) {
-                entry.last_used = stamp;
-                return Ok(entry.model.clone());
+            if let Some(found) = found {
+                match models.get_mut(&found) {
+                    Some(entry) if entry.model.cpu_offload == cpu_offload => {
+                        entry.last_used = stamp;
+                        return Ok(entry.model.clone());
+                    }
+                    Some(_) => {
+                        tracing::info!(model = name, cpu_offload, "reloading the model with the other cpu_offload placement");
+                        models.remove(&found);
+                        key = found;
+                    }
+                    None => {}
+                }
             }
         }
         let location = loader::resolve_model(name, self.config.models_dir.as_deref())?;
-        let config_path = config_dir.map(PathBuf::from);
+        let config_path = key.config_dir.as_ref().map(PathBuf::from);
         if let Some(dir) = &config_path {
             if !dir.is_dir() {
                 return Err(Error::validation("config", format!("{} is not a folder", dir.display())));
             }
         }
-        let options = LoadOptions { device: &self.device, dtype: self.dtype, vae_dtype: self.vae_dtype, config_dir: config_path.as_deref() };
+        let options = LoadOptions { device: &self.device, dtype: self.dtype, vae_dtype: self.vae_dtype, config_dir: config_path.as_deref(), cpu_offload };
+        while self.models.lock().len() >= self.config.max_loaded_models && self.evict_least_recently_used(None) {}
+        let needed = loader::estimate_device_weight_bytes(&location, &options)?;
+        if let Err(available) = self.make_room(needed, None) {
+            return Err(Error::OutOfMemory(format!(
+                "loading {name} needs about {} for its weights, more than the {available} even with no other model loaded; use a smaller dtype or precision.cpu_offload",
+                memory::gib(needed)
+            )));
+        }
         tracing::info!(model = name, "loading model");
         let model = Arc::new(loader::load_model(&location, &options)?);
-        while self.models.lock().len() >= self.config.max_loaded_models && self.evict_least_recently_used(None) {}
         self.models.lock().insert(key, LoadedModel { model: model.clone(), last_used: stamp });
         Ok(model)
     }
@@ -169,7 +194,7 @@ impl Engine {
             .map(|(key, _)| key.clone());
         match victim {
             Some(key) => {
-                tracing::info!(model = key.split('|').next().unwrap_or(&key), "evicting a cached model");
+                tracing::info!(model = key.name.as_str(), "evicting a cached model");
                 models.remove(&key);
                 true
             }
@@ -177,9 +202,45 @@ impl Engine {
         }
     }
 
+    /// Device bytes the cached models' weights hold.
+    fn resident_weight_bytes(&self) -> u64 {
+        self.models.lock().values().map(|entry| entry.model.device_weight_bytes).sum()
+    }
+
+    /// What the engine may still allocate: the budget (`max_memory_gb`) less the cached
+    /// weights, or on a GPU with no budget the free memory less headroom. None: no limit known
+    /// (CPU without a budget).
+    fn available_bytes(&self) -> Option<u64> {
+        if let Some(budget_gb) = self.config.max_memory_gb {
+            return Some(((budget_gb * (1u64 << 30) as f64) as u64).saturating_sub(self.resident_weight_bytes()));
+        }
+        memory::device_memory(&self.device).map(|(free, _)| free.saturating_sub(memory::DEVICE_HEADROOM_BYTES))
+    }
+
+    /// Evicts cached models other than `keep`, least recently used first, until `needed` bytes
+    /// are available. Err: what is available after evicting everything it could, described.
+    fn make_room(&self, needed: u64, keep: Option<&Arc<SdxlModel>>) -> std::result::Result<(), String> {
+        let describe = |available: u64| match self.config.max_memory_gb {
+            Some(budget_gb) => format!("{} left of max_memory_gb {budget_gb}", memory::gib(available)),
+            None => format!("{} free on {}", memory::gib(available), self.device_name()),
+        };
+        let Some(mut available) = self.available_bytes() else { return Ok(()) };
+        while needed > available && self.evict_least_recently_used(keep) {
+            // Evicted weights go back to the driver only once the pool is trimmed.
+            if let Err(err) = memory::release_device_memory(&self.device) {
+                tracing::warn!(error = %err, "could not release device memory after evicting a model");
+            }
+            available = self.available_bytes().unwrap_or(available);
+        }
+        if needed > available {
+            return Err(describe(available));
+        }
+        Ok(())
+    }
+
     /// The resident model a name was loaded as (with no `config`), if it is loaded.
     pub fn resident_model(&self, name: &str) -> Option<Arc<SdxlModel>> {
-        self.models.lock().get(&format!("{name}|")).map(|entry| entry.model.clone())
+        self.models.lock().get(&ModelKey { name: name.to_string(), config_dir: None }).map(|entry| entry.model.clone())
     }
 
     /// `{"base": ..., "vae": ..., "refiner": ..., "config": ...}` or `{"model_name": ...}`.
@@ -208,7 +269,7 @@ impl Engine {
             return Err(Error::validation("vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
         }
         let _guard = self.run_lock.lock();
-        self.model(&name, text("config")?.as_deref())?;
+        self.model(&name, text("config")?.as_deref(), self.config.cpu_offload)?;
         Ok(name)
     }
 
@@ -275,7 +336,11 @@ impl Engine {
         // Queue behind any request in flight; a cancel aimed at that one must not hit this one.
         let _guard = self.run_lock.lock();
         self.cancel_requested.store(false, Ordering::SeqCst);
-        let model = self.model(&plan.base_model, None)?;
+        let cpu_offload = request.precision.as_ref().and_then(|p| p.cpu_offload).unwrap_or(self.config.cpu_offload);
+        if cpu_offload && self.device.is_cpu() {
+            warnings.push("precision.cpu_offload saves nothing on the CPU device (host and device memory are the same)".into());
+        }
+        let model = self.model(&plan.base_model, None, cpu_offload)?;
         self.admit(&model, &plan)?;
         if model.description.starts_with("built-in") {
             warnings.push("used the built-in tiny demo model (random weights): images are noise-like patterns, not pictures".into());
@@ -347,7 +412,7 @@ impl Engine {
                 total_time: started.elapsed().as_secs_f64(),
                 inference_time,
                 device_name: self.device_name(),
-                memory_used: self.models.lock().values().map(|m| m.model.weight_bytes).sum(),
+                memory_used: self.resident_weight_bytes(),
                 model_info: json!({
                     "base_model": plan.base_model,
                     "description": model.description,
@@ -356,6 +421,7 @@ impl Engine {
                     "scheduler": plan.scheduler.class_name(),
                     "dtype": config::dtype_name(model.dtype),
                     "vae_dtype": config::dtype_name(model.vae_dtype),
+                    "cpu_offload": model.cpu_offload,
                 }),
                 iterations_per_second: if stage_times.denoise > 0.0 { plan.steps as f64 / stage_times.denoise } else { 0.0 },
                 peak_memory_bytes,
@@ -365,36 +431,20 @@ impl Engine {
         })
     }
 
-    /// Refuses a request whose estimated activations cannot fit: over `max_memory_gb`, or (on
-    /// a GPU, with no explicit budget) over the free memory even after evicting every other
-    /// cached model, least recently used first.
+    /// Refuses a request whose estimated activations cannot fit in what the budget (or the
+    /// free device memory) leaves, even after evicting every other cached model, least
+    /// recently used first.
     fn admit(&self, model: &Arc<SdxlModel>, plan: &GenerationPlan) -> Result<()> {
         let needed = memory::estimate_request_bytes(model, plan);
-        let refuse = |limit: String| {
-            Err(Error::OutOfMemory(format!(
-                "this request needs about {} of activations ({}x{}, batch {}), more than {limit}; lower the size or batch",
+        self.make_room(needed, Some(model)).map_err(|available| {
+            Error::OutOfMemory(format!(
+                "this request needs about {} of activations ({}x{}, batch {}), more than the {available}; lower the size or batch",
                 memory::gib(needed),
                 plan.width,
                 plan.height,
                 plan.batch_size
-            )))
-        };
-        if let Some(budget_gb) = self.config.max_memory_gb {
-            if needed as f64 > budget_gb * (1u64 << 30) as f64 {
-                return refuse(format!("max_memory_gb {budget_gb}"));
-            }
-            return Ok(());
-        }
-        let free = |engine: &Self| memory::device_memory(&engine.device).map(|(free, _)| free.saturating_sub(memory::DEVICE_HEADROOM_BYTES));
-        let Some(mut available) = free(self) else { return Ok(()) };
-        while needed > available && self.evict_least_recently_used(Some(model)) {
-            self.device.synchronize()?;
-            available = free(self).unwrap_or(available);
-        }
-        if needed > available {
-            return refuse(format!("the {} free on {}", memory::gib(available), self.device_name()));
-        }
-        Ok(())
+            ))
+        })
     }
 
     pub fn status(&self) -> Value {
@@ -404,20 +454,32 @@ impl Engine {
             .iter()
             .map(|(key, entry)| {
                 json!({
-                    "name": key.split('|').next().unwrap_or(key),
+                    "name": key.name,
+                    "config": key.config_dir,
                     "description": entry.model.description,
                     "dtype": config::dtype_name(entry.model.dtype),
                     "vae_dtype": config::dtype_name(entry.model.vae_dtype),
                     "weight_bytes": entry.model.weight_bytes,
+                    "device_weight_bytes": entry.model.device_weight_bytes,
+                    "host_weight_bytes": entry.model.host_weight_bytes,
+                    "cpu_offload": entry.model.cpu_offload,
                 })
             })
             .collect();
+        let device_memory = memory::device_memory(&self.device);
         json!({
             "orchestrator_status": "running",
             "version": crate::VERSION,
             "device_name": self.device_name(),
             "dtype": config::dtype_name(self.dtype),
             "loaded_models": models,
+            "memory": {
+                "device_total_bytes": device_memory.map(|(_, total)| total),
+                "device_free_bytes": device_memory.map(|(free, _)| free),
+                "weights_on_device_bytes": self.resident_weight_bytes(),
+                "weights_on_host_bytes": self.models.lock().values().map(|entry| entry.model.host_weight_bytes).sum::<u64>(),
+                "budget_bytes": self.config.max_memory_gb.map(|gb| (gb * (1u64 << 30) as f64) as u64),
+            },
             "requests_served": self.requests_served.load(Ordering::Relaxed),
             "last_error": *self.last_error.lock(),
             "message_handlers": ["inference_request", "model_load_request", "status_request"],

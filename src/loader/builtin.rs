@@ -78,10 +78,18 @@ impl SimpleBackend for DeviceRandomWeights {
     }
 }
 
+pub fn device_random_weights() -> Box<dyn SimpleBackend> {
+    Box::new(DeviceRandomWeights)
+}
+
+pub fn builtin_weights() -> Box<dyn SimpleBackend> {
+    Box::new(RandomWeights)
+}
+
 pub fn device_random_var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(DeviceRandomWeights), dtype, device.clone())
+    VarBuilder::from_backend(device_random_weights(), dtype, device.clone())
 }
 
 pub fn builtin_var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone())
+    VarBuilder::from_backend(builtin_weights(), dtype, device.clone())
 }

@@ -9,18 +9,21 @@ pub mod single_file;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
-use crate::models::patchable::collect_layers;
+use crate::models::offload::{NetworkBuilder, Placement};
+use crate::models::patchable::{collect_layers, LayerRegistry};
 use crate::models::{AutoencoderKL, ClipTextConfig, ClipTextTransformer, UNet2DConditionModel, UNetConfig, VaeConfig};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::ClipTokenizer;
 use safetensors_file::SafetensorsFile;
-use weights::{model_load_error, WeightSet};
+use weights::{model_load_error, CountingBackend, WeightSet};
 
 /// Where a model name points.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,9 +70,9 @@ pub fn resolve_model(name: &str, models_dir: Option<&Path>) -> Result<ModelLocat
 /// Everything a txt2img/img2img run needs, loaded once and reused across requests.
 pub struct SdxlModel {
     pub unet: UNet2DConditionModel,
-    pub text_encoder: ClipTextTransformer,
-    pub text_encoder_2: ClipTextTransformer,
-    pub vae: AutoencoderKL,
+    pub text_encoder: Placement<ClipTextTransformer>,
+    pub text_encoder_2: Placement<ClipTextTransformer>,
+    pub vae: Placement<AutoencoderKL>,
     pub tokenizer: ClipTokenizer,
     pub tokenizer_2: ClipTokenizer,
     pub scheduler_config: SchedulerConfig,
@@ -79,6 +82,11 @@ pub struct SdxlModel {
     pub vae_dtype: DType,
     pub description: String,
     pub weight_bytes: u64,
+    /// Bytes of weights resident on the compute device, and kept in host memory (offloaded).
+    pub device_weight_bytes: u64,
+    pub host_weight_bytes: u64,
+    /// Text encoders and VAE stay in host memory between uses (`precision.cpu_offload`).
+    pub cpu_offload: bool,
     /// The layers LoRA adapters patch, and which adapters are fused in now.
     pub adapters: crate::lora::ModelAdapters,
 }
@@ -90,6 +98,52 @@ pub struct LoadOptions<'a> {
     /// A diffusers folder whose `*/config.json` describe a single-file checkpoint
     /// (as diffusers' `from_single_file(config=...)`), for non-standard sizes.
     pub config_dir: Option<&'a Path>,
+    /// Keep the text encoders and the VAE in host memory, on the device only while they run.
+    pub cpu_offload: bool,
+}
+
+/// The device memory a model's weights will take once loaded, from the file headers alone
+/// (nothing is read), so the engine can make room before loading. Offloaded networks count
+/// nothing: they live in host memory.
+pub fn estimate_device_weight_bytes(location: &ModelLocation, options: &LoadOptions) -> Result<u64> {
+    let (dtype, vae_dtype) = (options.dtype.size_in_bytes() as u64, options.vae_dtype.size_in_bytes() as u64);
+    let elements = |file: &SafetensorsFile, name: &str| file.shape(name).map_or(0, |shape| shape.iter().product::<usize>() as u64);
+    let offloaded = |component: &str| options.cpu_offload && component != "unet";
+    match location {
+        // A few megabytes: too small to plan for.
+        ModelLocation::Builtin => Ok(0),
+        ModelLocation::BuiltinSdxlRandom => {
+            // Parameter counts of SDXL base's UNet, CLIP ViT-L, OpenCLIP bigG and VAE.
+            let parts = [("unet", 2_567_463_684u64, dtype), ("text_encoder", 123_060_480, dtype), ("text_encoder_2", 694_659_840, dtype), ("vae", 83_653_863, vae_dtype)];
+            Ok(parts.iter().filter(|(component, ..)| !offloaded(component)).map(|(_, count, size)| count * size).sum())
+        }
+        ModelLocation::DiffusersFolder(dir) => {
+            let mut total = 0;
+            for (component, stem, size) in [("unet", "diffusion_pytorch_model", dtype), ("text_encoder", "model", dtype), ("text_encoder_2", "model", dtype), ("vae", "diffusion_pytorch_model", vae_dtype)] {
+                if offloaded(component) {
+                    continue;
+                }
+                for file in component_files(dir, component, stem)? {
+                    total += file.names().map(|name| elements(&file, name)).sum::<u64>() * size;
+                }
+            }
+            Ok(total)
+        }
+        ModelLocation::SingleFile(path) => {
+            let file = SafetensorsFile::open(path)?;
+            Ok(file
+                .names()
+                .map(|name| {
+                    let (component, size) = match name {
+                        n if n.starts_with("model.diffusion_model.") => ("unet", dtype),
+                        n if n.starts_with("first_stage_model.") => ("vae", vae_dtype),
+                        _ => ("text_encoder", dtype),
+                    };
+                    if offloaded(component) { 0 } else { elements(&file, name) * size }
+                })
+                .sum())
+        }
+    }
 }
 
 pub fn load_model(location: &ModelLocation, options: &LoadOptions) -> Result<SdxlModel> {
@@ -180,26 +234,83 @@ fn total_bytes(files: &[Arc<SafetensorsFile>]) -> u64 {
 
 struct Networks {
     unet: UNet2DConditionModel,
-    text_encoder: ClipTextTransformer,
-    text_encoder_2: ClipTextTransformer,
-    vae: AutoencoderKL,
+    text_encoder: Placement<ClipTextTransformer>,
+    text_encoder_2: Placement<ClipTextTransformer>,
+    vae: Placement<AutoencoderKL>,
     adapters: crate::lora::ModelAdapters,
+    device_weight_bytes: u64,
+    host_weight_bytes: u64,
 }
 
-fn build_networks(configs: &Configs, vbs: [VarBuilder; 4]) -> Result<Networks> {
+/// Where one network's weights come from: a backend, the builder prefix it is read under, and
+/// the dtype it computes in.
+struct NetworkSource {
+    weights: Box<dyn SimpleBackend>,
+    root: &'static str,
+    dtype: DType,
+}
+
+impl NetworkSource {
+    fn new(weights: Box<dyn SimpleBackend>, root: &'static str, dtype: DType) -> Self {
+        Self { weights, root, dtype }
+    }
+
+    fn counted(self, bytes: &Arc<AtomicU64>) -> Self {
+        Self { weights: Box::new(CountingBackend::new(self.weights, bytes.clone())), ..self }
+    }
+
+    fn var_builder(self, device: &Device) -> VarBuilder<'static> {
+        let vb = VarBuilder::from_backend(self.weights, self.dtype, device.clone());
+        if self.root.is_empty() {
+            vb
+        } else {
+            vb.pp(self.root)
+        }
+    }
+
+    /// Builds a network that `cpu_offload` may keep in host memory.
+    fn place<T>(self, options: &LoadOptions, build: NetworkBuilder<T>) -> Result<(Placement<T>, LayerRegistry)> {
+        if options.cpu_offload {
+            Placement::offloaded(self.weights, self.root, self.dtype, options.device, build)
+        } else {
+            Placement::resident(self.weights, self.root, self.dtype, options.device, build)
+        }
+    }
+}
+
+fn build_networks(configs: &Configs, sources: [NetworkSource; 4], options: &LoadOptions) -> Result<Networks> {
     // Inconsistent configs are refused before any weight is read.
     check_conditioning_dims(configs)?;
-    let [unet_vb, te_vb, te2_vb, vae_vb] = vbs;
+    let (device_bytes, host_bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let offloadable_bytes = if options.cpu_offload { &host_bytes } else { &device_bytes };
+    let [unet_source, te_source, te2_source, vae_source] = sources;
+    let unet_source = unet_source.counted(&device_bytes);
+    let (te_source, te2_source, vae_source) =
+        (te_source.counted(offloadable_bytes), te2_source.counted(offloadable_bytes), vae_source.counted(offloadable_bytes));
     // The UNet's and encoders' linear/conv layers register by name so LoRAs can patch them.
-    let (unet, unet_layers) = collect_layers(&unet_vb.prefix(), || UNet2DConditionModel::new(unet_vb.clone(), &configs.unet))
-        .map_err(|e| model_load_error(e, "unet"))?;
-    let (te, te_layers) = collect_layers(&te_vb.prefix(), || ClipTextTransformer::new(te_vb.clone(), &configs.text_encoder, false))
-        .map_err(|e| model_load_error(e, "text_encoder"))?;
-    let (te2, te2_layers) = collect_layers(&te2_vb.prefix(), || ClipTextTransformer::new(te2_vb.clone(), &configs.text_encoder_2, true))
-        .map_err(|e| model_load_error(e, "text_encoder_2"))?;
-    let vae = AutoencoderKL::new(vae_vb, &configs.vae).map_err(|e| model_load_error(e, "vae"))?;
+    let unet_root = unet_source.root;
+    let unet_vb = unet_source.var_builder(options.device);
+    let (unet, unet_layers) =
+        collect_layers(unet_root, || UNet2DConditionModel::new(unet_vb, &configs.unet)).map_err(|e| model_load_error(e, "unet"))?;
+    let text_encoder = |config: &ClipTextConfig, with_projection: bool| -> NetworkBuilder<ClipTextTransformer> {
+        let config = config.clone();
+        Box::new(move |vb| ClipTextTransformer::new(vb, &config, with_projection))
+    };
+    let (te, te_layers) = te_source.place(options, text_encoder(&configs.text_encoder, false)).map_err(|e| model_load_error(e, "text_encoder"))?;
+    let (te2, te2_layers) =
+        te2_source.place(options, text_encoder(&configs.text_encoder_2, true)).map_err(|e| model_load_error(e, "text_encoder_2"))?;
+    let vae_config = configs.vae.clone();
+    let (vae, _) = vae_source.place(options, Box::new(move |vb| AutoencoderKL::new(vb, &vae_config))).map_err(|e| model_load_error(e, "vae"))?;
     let adapters = crate::lora::ModelAdapters::new(unet_layers, te_layers, te2_layers, &configs.unet);
-    Ok(Networks { unet, text_encoder: te, text_encoder_2: te2, vae, adapters })
+    Ok(Networks {
+        unet,
+        text_encoder: te,
+        text_encoder_2: te2,
+        vae,
+        adapters,
+        device_weight_bytes: device_bytes.load(Ordering::Relaxed),
+        host_weight_bytes: host_bytes.load(Ordering::Relaxed),
+    })
 }
 
 /// The UNet's cross-attention and add_embedding widths must match the encoders'.
@@ -231,7 +342,7 @@ fn assemble(
     description: String,
     weight_bytes: u64,
 ) -> SdxlModel {
-    let Networks { unet, text_encoder, text_encoder_2, vae, adapters } = networks;
+    let Networks { unet, text_encoder, text_encoder_2, vae, adapters, device_weight_bytes, host_weight_bytes } = networks;
     SdxlModel {
         unet,
         text_encoder,
@@ -245,6 +356,9 @@ fn assemble(
         vae_dtype: options.vae_dtype,
         description,
         weight_bytes,
+        device_weight_bytes,
+        host_weight_bytes,
+        cpu_offload: options.cpu_offload,
         adapters,
     }
 }
@@ -271,14 +385,14 @@ pub fn load_diffusers_folder(dir: &Path, options: &LoadOptions) -> Result<SdxlMo
     let te2_files = component_files(dir, "text_encoder_2", "model")?;
     let vae_files = component_files(dir, "vae", "diffusion_pytorch_model")?;
     let bytes = total_bytes(&unet_files) + total_bytes(&te_files) + total_bytes(&te2_files) + total_bytes(&vae_files);
-    let (dtype, vae_dtype, device) = (options.dtype, options.vae_dtype, options.device);
-    let vbs = [
-        Arc::new(WeightSet::with_prefix(unet_files, "", "unet")).into_var_builder(dtype, device),
-        Arc::new(text_encoder_weights(te_files, "text_encoder")).into_var_builder(dtype, device),
-        Arc::new(text_encoder_weights(te2_files, "text_encoder_2")).into_var_builder(dtype, device),
-        Arc::new(WeightSet::with_prefix(vae_files, "", "vae")).into_var_builder(vae_dtype, device),
+    let (dtype, vae_dtype) = (options.dtype, options.vae_dtype);
+    let sources = [
+        NetworkSource::new(Arc::new(WeightSet::with_prefix(unet_files, "", "unet")).into_backend(), "", dtype),
+        NetworkSource::new(Arc::new(text_encoder_weights(te_files, "text_encoder")).into_backend(), "", dtype),
+        NetworkSource::new(Arc::new(text_encoder_weights(te2_files, "text_encoder_2")).into_backend(), "", dtype),
+        NetworkSource::new(Arc::new(WeightSet::with_prefix(vae_files, "", "vae")).into_backend(), "", vae_dtype),
     ];
-    let networks = build_networks(&configs, vbs)?;
+    let networks = build_networks(&configs, sources, options)?;
     let tokenizers = match (dir.join("tokenizer").is_dir(), dir.join("tokenizer_2").is_dir()) {
         (true, true) => (
             ClipTokenizer::from_folder(&dir.join("tokenizer"), "<|endoftext|>")?,
@@ -305,14 +419,15 @@ pub fn load_single_file(path: &Path, options: &LoadOptions) -> Result<SdxlModel>
     };
     let layout = single_file::UNetLayout::of(&configs.unet);
     let files = vec![file.clone()];
-    let (dtype, vae_dtype, device) = (options.dtype, options.vae_dtype, options.device);
-    let vbs = [
-        Arc::new(WeightSet::new(files.clone(), single_file::unet_map(layout), "unet")).into_var_builder(dtype, device),
-        Arc::new(WeightSet::new(files.clone(), single_file::text_encoder_map(), "text_encoder")).into_var_builder(dtype, device),
-        Arc::new(WeightSet::new(files.clone(), single_file::text_encoder_2_map(), "text_encoder_2")).into_var_builder(dtype, device),
-        Arc::new(WeightSet::new(files, single_file::vae_map(configs.vae.block_out_channels.len()), "vae")).into_var_builder(vae_dtype, device),
+    let (dtype, vae_dtype) = (options.dtype, options.vae_dtype);
+    let weights = |map, label: &str| Arc::new(WeightSet::new(files.clone(), map, label)).into_backend();
+    let sources = [
+        NetworkSource::new(weights(single_file::unet_map(layout), "unet"), "", dtype),
+        NetworkSource::new(weights(single_file::text_encoder_map(), "text_encoder"), "", dtype),
+        NetworkSource::new(weights(single_file::text_encoder_2_map(), "text_encoder_2"), "", dtype),
+        NetworkSource::new(weights(single_file::vae_map(configs.vae.block_out_channels.len()), "vae"), "", vae_dtype),
     ];
-    let networks = build_networks(&configs, vbs)?;
+    let networks = build_networks(&configs, sources, options)?;
     let tokenizers = match options.config_dir {
         Some(dir) if dir.join("tokenizer").is_dir() && dir.join("tokenizer_2").is_dir() => (
             ClipTokenizer::from_folder(&dir.join("tokenizer"), "<|endoftext|>")?,
@@ -327,18 +442,17 @@ pub fn load_single_file(path: &Path, options: &LoadOptions) -> Result<SdxlModel>
 /// Both built-in models: configs from presets, weights from a generator instead of files.
 fn load_generated(
     configs: Configs,
-    weights: fn(DType, &Device) -> VarBuilder<'static>,
+    weights: fn() -> Box<dyn SimpleBackend>,
     options: &LoadOptions,
     description: &str,
 ) -> Result<SdxlModel> {
-    let vb = |dtype, component: &str| weights(dtype, options.device).pp(component);
-    let vbs = [
-        vb(options.dtype, "unet"),
-        vb(options.dtype, "text_encoder"),
-        vb(options.dtype, "text_encoder_2"),
-        vb(options.vae_dtype, "vae"),
+    let sources = [
+        NetworkSource::new(weights(), "unet", options.dtype),
+        NetworkSource::new(weights(), "text_encoder", options.dtype),
+        NetworkSource::new(weights(), "text_encoder_2", options.dtype),
+        NetworkSource::new(weights(), "vae", options.vae_dtype),
     ];
-    let networks = build_networks(&configs, vbs)?;
+    let networks = build_networks(&configs, sources, options)?;
     Ok(assemble(configs, networks, embedded_tokenizers()?, options, description.into(), 0))
 }
 
@@ -351,7 +465,7 @@ pub fn load_builtin(options: &LoadOptions) -> Result<SdxlModel> {
         scheduler: SchedulerConfig::default(),
         force_zeros: true,
     };
-    load_generated(configs, builtin::builtin_var_builder, options, "built-in tiny demo model (random weights)")
+    load_generated(configs, builtin::builtin_weights, options, "built-in tiny demo model (random weights)")
 }
 
 /// Full-size SDXL base with random weights drawn on the device (benchmarks, no files).
@@ -364,5 +478,5 @@ pub fn load_sdxl_random(options: &LoadOptions) -> Result<SdxlModel> {
         scheduler: SchedulerConfig::default(),
         force_zeros: true,
     };
-    load_generated(configs, builtin::device_random_var_builder, options, "built-in full-size SDXL with random weights (benchmarks)")
+    load_generated(configs, builtin::device_random_weights, options, "built-in full-size SDXL with random weights (benchmarks)")
 }

@@ -106,7 +106,11 @@ impl WeightSet {
     }
 
     pub fn into_var_builder(self: Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(WeightBackend(self)), dtype, device.clone())
+        VarBuilder::from_backend(self.into_backend(), dtype, device.clone())
+    }
+
+    pub fn into_backend(self: Arc<Self>) -> Box<dyn SimpleBackend> {
+        Box::new(WeightBackend(self))
     }
 }
 
@@ -132,5 +136,40 @@ pub fn model_load_error(err: Error, component: &str) -> Error {
     match err {
         Error::Device(text) => Error::ModelLoad(format!("{component}: {text}")),
         other => other,
+    }
+}
+
+/// Passes weights through and adds up the bytes of every tensor handed out, so the engine
+/// knows what a loaded network really holds (in its compute dtype, on its device).
+pub struct CountingBackend {
+    inner: Box<dyn SimpleBackend>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingBackend {
+    pub fn new(inner: Box<dyn SimpleBackend>, bytes: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self { inner, bytes }
+    }
+
+    fn count(&self, tensor: candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
+        if let Ok(tensor) = &tensor {
+            let bytes = (tensor.elem_count() * tensor.dtype().size_in_bytes()) as u64;
+            self.bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        tensor
+    }
+}
+
+impl SimpleBackend for CountingBackend {
+    fn get(&self, shape: Shape, name: &str, hint: candle_nn::Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        self.count(self.inner.get(shape, name, hint, dtype, device))
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        self.count(self.inner.get_unchecked(name, dtype, device))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
     }
 }

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod autoencoder_kl;
 pub mod clip_text;
 pub mod embeddings;
+pub mod offload;
 pub mod patchable;
 pub mod resnet;
 pub mod transformer_2d;

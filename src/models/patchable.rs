@@ -23,11 +23,33 @@ pub struct PatchableWeight {
     name: String,
     original: Tensor,
     current: RwLock<Tensor>,
+    /// While a network kept in host memory runs (`models::offload`): `current` copied to the
+    /// compute device. Patching always works on the host tensors.
+    uploaded: RwLock<Option<Tensor>>,
 }
 
 impl PatchableWeight {
     fn new(name: String, weight: Tensor) -> Self {
-        Self { name, current: RwLock::new(weight.clone()), original: weight }
+        Self { name, current: RwLock::new(weight.clone()), original: weight, uploaded: RwLock::new(None) }
+    }
+
+    /// Copies the current weight to `device` for the forward passes until [`Self::release_upload`].
+    pub fn upload(&self, device: &candle_core::Device) -> Result<()> {
+        let on_device = self.current.read().to_device(device)?;
+        *self.uploaded.write() = Some(on_device);
+        Ok(())
+    }
+
+    pub fn release_upload(&self) {
+        *self.uploaded.write() = None;
+    }
+
+    /// The tensor forward passes use: the uploaded copy while there is one.
+    fn forward_weight(&self) -> Tensor {
+        if let Some(uploaded) = self.uploaded.read().as_ref() {
+            return uploaded.clone();
+        }
+        self.current()
     }
 
     pub fn name(&self) -> &str {
@@ -71,7 +93,7 @@ impl PatchableWeight {
 }
 
 /// The patchable layers of one network, by diffusers name (sorted, so checksums are stable).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct LayerRegistry {
     layers: BTreeMap<String, Arc<PatchableWeight>>,
 }
@@ -129,6 +151,8 @@ impl Hasher for Fnv1a {
 struct Collector {
     root: String,
     layers: BTreeMap<String, Arc<PatchableWeight>>,
+    /// When a network is rebuilt on another device: its layers keep their identity (and patches).
+    reuse: Option<LayerRegistry>,
 }
 
 thread_local! {
@@ -139,7 +163,18 @@ thread_local! {
 /// builder's prefix for the network (`""` for a diffusers folder, `"unet"` for the built-in
 /// model), stripped from the registered names.
 pub fn collect_layers<T>(root: &str, build: impl FnOnce() -> Result<T>) -> Result<(T, LayerRegistry)> {
-    let previous = COLLECTOR.with(|c| c.borrow_mut().replace(Collector { root: root.to_string(), layers: BTreeMap::new() }));
+    collect(Collector { root: root.to_string(), layers: BTreeMap::new(), reuse: None }, build)
+}
+
+/// Builds a network again (on another device) whose layers are `layers`: each patchable layer
+/// is the registered one, not a new one, so LoRA patches made on it carry over.
+pub fn rebuild_with_layers<T>(root: &str, layers: &LayerRegistry, build: impl FnOnce() -> Result<T>) -> Result<T> {
+    let collector = Collector { root: root.to_string(), layers: BTreeMap::new(), reuse: Some(layers.clone()) };
+    Ok(collect(collector, build)?.0)
+}
+
+fn collect<T>(collector: Collector, build: impl FnOnce() -> Result<T>) -> Result<(T, LayerRegistry)> {
+    let previous = COLLECTOR.with(|c| c.borrow_mut().replace(collector));
     let built = build();
     let collected = COLLECTOR.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
     let layers = collected.map(|c| c.layers).unwrap_or_default();
@@ -155,6 +190,9 @@ fn register(prefix: String, weight: Tensor) -> Arc<PatchableWeight> {
             }
             _ => prefix,
         };
+        if let Some(existing) = collector.as_ref().and_then(|c| c.reuse.as_ref()).and_then(|reuse| reuse.get(&name)) {
+            return existing.clone();
+        }
         let layer = Arc::new(PatchableWeight::new(name.clone(), weight));
         if let Some(collector) = collector.as_mut() {
             collector.layers.insert(name, layer.clone());
@@ -178,7 +216,7 @@ impl PatchableLinear {
 impl Module for PatchableLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // Same kernels as candle's Linear: the wrapper only decides which weight it sees.
-        candle_nn::Linear::new(self.weight.current(), self.bias.clone()).forward(x)
+        candle_nn::Linear::new(self.weight.forward_weight(), self.bias.clone()).forward(x)
     }
 }
 
@@ -213,7 +251,7 @@ impl Module for PatchableConv2d {
 
 impl PatchableConv2d {
     fn forward_in_bands(&self, x: &Tensor, band_bytes: usize) -> candle_core::Result<Tensor> {
-        let weight = self.weight.current();
+        let weight = self.weight.forward_weight();
         let conv = |config: Conv2dConfig, input: &Tensor| candle_nn::Conv2d::new(weight.clone(), self.bias.clone(), config).forward(input);
         let (batch, in_channels, height, width) = x.dims4()?;
         let kernel = weight.dim(2)?;

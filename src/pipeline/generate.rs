@@ -85,7 +85,7 @@ pub fn generate(
     let batch = plan.batch_size as usize;
     let guidance = plan.guidance_scale > 1.0;
     let mut stage_times = StageTimes::default();
-    let factor = model.vae.config().downscale_factor();
+    let factor = model.vae.network().config().downscale_factor();
     let (latent_h, latent_w) = (plan.height as usize / factor, plan.width as usize / factor);
     let latent_channels = model.unet.config().in_channels;
 
@@ -135,14 +135,14 @@ pub fn generate(
         Some(image) => {
             let encode_start = Instant::now();
             let pixels = crate::image::rgb_to_tensor(image, device)?.to_dtype(model.vae_dtype)?;
-            let distribution = model.vae.encode(&pixels)?;
+            let distribution = model.vae.on_device()?.encode(&pixels)?;
             // Each image's stream first samples its latent, then draws its noise (diffusers' order).
             let mut image_latents = Vec::with_capacity(batch);
             let sample_noise = noise.randn(&latent_dims)?.to_dtype(model.vae_dtype)?;
             for i in 0..batch {
                 image_latents.push(distribution.sample(&sample_noise.narrow(0, i, 1)?)?);
             }
-            let image_latents = (Tensor::cat(&image_latents, 0)? * model.vae.config().scaling_factor)?.to_dtype(DType::F32)?;
+            let image_latents = (Tensor::cat(&image_latents, 0)? * model.vae.network().config().scaling_factor)?.to_dtype(DType::F32)?;
             let start_noise = noise.randn(&latent_dims)?;
             let start = img2img_start_index(plan.steps as usize, plan.strength, scheduler.order());
             if start >= scheduler.timesteps().len() {
@@ -197,10 +197,11 @@ pub fn generate(
     // Decode one image at a time: the VAE at full resolution dominates peak memory.
     let decode_start = Instant::now();
     let mut images = Vec::with_capacity(batch);
+    let vae = model.vae.on_device()?;
     for i in 0..batch {
         ctx.report(Stage::Decode, i as u32, total_steps, total_steps, model_calls)?;
-        let latent = (latents.narrow(0, i, 1)? / model.vae.config().scaling_factor)?.to_dtype(model.vae_dtype)?;
-        let decoded = model.vae.decode(&latent)?;
+        let latent = (latents.narrow(0, i, 1)? / model.vae.network().config().scaling_factor)?.to_dtype(model.vae_dtype)?;
+        let decoded = vae.decode(&latent)?;
         images.push(crate::image::tensor_to_rgb(&decoded)?);
     }
     stage_times.decode = decode_start.elapsed().as_secs_f64();

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::api::validate::PromptTruncation;
 use crate::error::Result;
 use crate::loader::SdxlModel;
+use crate::models::ClipTextTransformer;
 use crate::tokenizer::TokenWindow;
 
 pub struct PromptEmbeddings {
@@ -32,7 +33,14 @@ fn tokenize(model: &SdxlModel, prompt: &str, truncation: PromptTruncation) -> Re
 
 /// Encodes a tokenized prompt into `windows` windows (at least as many as it has; the
 /// rest are empty-prompt windows, so positive and negative line up for CFG).
-fn encode_windows(model: &SdxlModel, mut prompt: TokenizedPrompt, windows: usize, truncation: PromptTruncation, device: &Device) -> Result<PromptEmbeddings> {
+fn encode_windows(
+    model: &SdxlModel,
+    encoders: (&ClipTextTransformer, &ClipTextTransformer),
+    mut prompt: TokenizedPrompt,
+    windows: usize,
+    truncation: PromptTruncation,
+    device: &Device,
+) -> Result<PromptEmbeddings> {
     if prompt.windows_1.len() < windows {
         let empty = tokenize(model, "", truncation)?;
         while prompt.windows_1.len() < windows {
@@ -45,8 +53,8 @@ fn encode_windows(model: &SdxlModel, mut prompt: TokenizedPrompt, windows: usize
     for (window_1, window_2) in prompt.windows_1.iter().zip(&prompt.windows_2) {
         let ids_1 = Tensor::new(window_1.ids.as_slice(), device)?.unsqueeze(0)?;
         let ids_2 = Tensor::new(window_2.ids.as_slice(), device)?.unsqueeze(0)?;
-        let out_1 = model.text_encoder.forward(&ids_1)?;
-        let out_2 = model.text_encoder_2.forward(&ids_2)?;
+        let out_1 = encoders.0.forward(&ids_1)?;
+        let out_2 = encoders.1.forward(&ids_2)?;
         let joined = Tensor::cat(&[&out_1.penultimate_hidden_states, &out_2.penultimate_hidden_states], 2)?;
         states.push(apply_emphasis(&joined, window_1)?);
         if pooled.is_none() {
@@ -93,9 +101,12 @@ pub fn encode_conditioning(
     let positive_tokens = tokenize(model, prompt, truncation)?;
     let negative_tokens = if guidance && !zero_negative { Some(tokenize(model, negative_prompt.unwrap_or(""), truncation)?) } else { None };
     let windows = positive_tokens.windows_1.len().max(negative_tokens.as_ref().map_or(0, |n| n.windows_1.len()));
-    let positive = encode_windows(model, positive_tokens, windows, truncation, device)?;
+    // Offloaded encoders come onto the device here and leave it when this function returns.
+    let (text_encoder, text_encoder_2) = (model.text_encoder.on_device()?, model.text_encoder_2.on_device()?);
+    let encoders = (&*text_encoder, &*text_encoder_2);
+    let positive = encode_windows(model, encoders, positive_tokens, windows, truncation, device)?;
     let negative = match negative_tokens {
-        Some(tokens) => Some(encode_windows(model, tokens, windows, truncation, device)?),
+        Some(tokens) => Some(encode_windows(model, encoders, tokens, windows, truncation, device)?),
         None if guidance => {
             Some(PromptEmbeddings { hidden_states: positive.hidden_states.zeros_like()?, pooled: positive.pooled.zeros_like()? })
         }

@@ -31,7 +31,7 @@ pub fn tensor<'a>(refs: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
 
 pub fn cpu_options() -> LoadOptions<'static> {
     static CPU: Device = Device::Cpu;
-    LoadOptions { device: &CPU, dtype: DType::F32, vae_dtype: DType::F32, config_dir: None }
+    LoadOptions { device: &CPU, dtype: DType::F32, vae_dtype: DType::F32, config_dir: None, cpu_offload: false }
 }
 
 pub fn tiny_folder_model() -> SdxlModel {

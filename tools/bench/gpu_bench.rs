@@ -23,7 +23,7 @@ use serde_json::json;
 
 fn parity(device: &Device) -> sdxl::Result<()> {
     for (dtype, vae_dtype) in [(DType::F32, DType::F32), (DType::F16, DType::F32), (DType::BF16, DType::F32)] {
-        let options = LoadOptions { device, dtype, vae_dtype, config_dir: None };
+        let options = LoadOptions { device, dtype, vae_dtype, config_dir: None, cpu_offload: false };
         let model = loader::load_diffusers_folder(&common::fixtures().join("tiny-sdxl"), &options)?;
         for case in common::cases() {
             let name = case["name"].as_str().unwrap_or("?").to_string();
@@ -44,7 +44,7 @@ fn seconds_since(start: Instant, device: &Device) -> sdxl::Result<f64> {
 
 fn bench(device: &Device, steps: u32) -> sdxl::Result<()> {
     let load_start = Instant::now();
-    let options = LoadOptions { device, dtype: DType::F16, vae_dtype: DType::F32, config_dir: None };
+    let options = LoadOptions { device, dtype: DType::F16, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
     let model = loader::load_sdxl_random(&options)?;
     println!("{}", json!({"kind": "load_random_weights_s", "value": seconds_since(load_start, device)?}));
 
@@ -110,7 +110,7 @@ fn compare(device: &Device, dir: &std::path::Path) -> sdxl::Result<()> {
     let get = |k: &str| refs.get(k).cloned().ok_or_else(|| sdxl::Error::Internal(format!("reference lacks {k}")));
     for (dtype, key) in [(DType::F32, "noise_pred_f32"), (DType::F16, "noise_pred_f16")] {
         let start = Instant::now();
-        let model = loader::load_diffusers_folder(dir, &LoadOptions { device, dtype, vae_dtype: DType::F32, config_dir: None })?;
+        let model = loader::load_diffusers_folder(dir, &LoadOptions { device, dtype, vae_dtype: DType::F32, config_dir: None, cpu_offload: false })?;
         let load_s = seconds_since(start, device)?;
         let (context, pooled, ids) = (get("encoder_hidden_states")?.to_dtype(dtype)?, get("text_embeds")?.to_dtype(dtype)?, get("time_ids")?);
         let cond = UNetConditioning { encoder_hidden_states: &context, text_embeds: &pooled, time_ids: &ids };
