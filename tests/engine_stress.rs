@@ -237,7 +237,7 @@ fn an_out_of_memory_refusal_leaves_the_engine_generating() {
     });
     let refused = respond(&engine, &big.to_string());
     assert_eq!(refused["error_code"], "OUT_OF_MEMORY", "{refused}");
-    assert!(refused["error"].as_str().unwrap().contains("GiB"), "the refusal carries the estimate: {refused}");
+    assert!(refused["error"].as_str().unwrap().contains("needs about"), "the refusal carries the estimate: {refused}");
     let status = respond(&engine, r#"{"message_type":"status_request"}"#);
     assert!(status["data"]["last_error"].as_str().unwrap_or("").contains("out of memory"), "{status}");
     let after = generate(&engine, "builtin:tiny", 3, 1);
@@ -254,4 +254,90 @@ fn candle_out_of_memory_text_maps_to_out_of_memory() {
     }
     let other = sdxl::Error::from(candle_core::Error::Msg("shape mismatch in matmul".into()));
     assert_eq!(other.code_name(), "DEVICE_ERROR", "{other:?}");
+}
+
+/// The cached models a status request lists, with the device bytes of their weights.
+fn cached_models(engine: &Engine) -> Vec<(String, u64)> {
+    let status = respond(engine, r#"{"message_type":"status_request"}"#);
+    status["data"]["loaded_models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap().to_string(), m["device_weight_bytes"].as_u64().unwrap()))
+        .collect()
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+#[test]
+fn a_memory_budget_evicts_the_least_recently_used_model_before_loading_another() {
+    let _serial = serial();
+    let folder = tiny_diffusers_folder();
+    let probe = engine_with("budget-probe", json!({"max_loaded_models": 4}));
+    generate(&probe, "builtin:tiny", 1, 1);
+    generate(&probe, &folder, 1, 1);
+    let bytes_of = |name: &str| cached_models(&probe).into_iter().find(|(n, _)| n == name).map(|(_, b)| b).unwrap();
+    let (tiny_bytes, folder_bytes) = (bytes_of("builtin:tiny"), bytes_of(&folder));
+    assert!(tiny_bytes > 1 << 20 && folder_bytes > 1 << 20, "weights {tiny_bytes} / {folder_bytes} bytes");
+
+    // The engine's own activation estimate for the 64² request, on either model.
+    let limits = sdxl::api::Limits { min_size: 64, ..Default::default() };
+    let activations = [("builtin:tiny", 7), (folder.as_str(), 7)]
+        .iter()
+        .map(|(name, seed)| {
+            let parsed = sdxl::api::parse_request(serde_json::from_str(&request(name, *seed, 1)).unwrap()).unwrap();
+            let plan = sdxl::api::plan_request(&parsed, "estimate".into(), &limits, || 0).unwrap();
+            sdxl::engine::memory::estimate_request_bytes(&probe.resident_model(name).unwrap(), &plan)
+        })
+        .max()
+        .unwrap();
+    // Room for either model and the request, not for both models: the count limit (4) never bites.
+    let budget = tiny_bytes.max(folder_bytes) + activations + tiny_bytes.min(folder_bytes) / 2;
+    eprintln!("weights: builtin:tiny {tiny_bytes}, folder {folder_bytes}; activations {activations}; budget {budget}");
+    let engine = engine_with("budget", json!({"max_loaded_models": 4, "max_memory_gb": budget as f64 / GIB}));
+    let first = generate(&engine, "builtin:tiny", 7, 1);
+    generate(&engine, &folder, 7, 1);
+    assert_eq!(cached_models(&engine), vec![(folder.clone(), folder_bytes)], "loading the folder model must evict builtin:tiny to stay in {budget} bytes");
+    let again = generate(&engine, "builtin:tiny", 7, 1);
+    assert_eq!(cached_models(&engine), vec![("builtin:tiny".to_string(), tiny_bytes)]);
+    assert!(again == first, "builtin:tiny after its eviction gives another image: {}", difference(&again, &first));
+
+    // A model whose weights alone exceed the budget is refused before anything is read.
+    let small = engine_with("budget-small", json!({"max_memory_gb": (folder_bytes / 2) as f64 / GIB}));
+    let refused = respond(&small, &request(&folder, 1, 1));
+    assert_eq!(refused["error_code"], "OUT_OF_MEMORY", "{refused}");
+    let message = refused["error"].as_str().unwrap();
+    assert!(message.contains("loading") && message.contains("needs about"), "{message}");
+    assert!(cached_models(&small).is_empty(), "a refused load must leave nothing cached");
+}
+
+#[test]
+fn cpu_offload_keeps_weights_on_the_host_and_gives_the_resident_image() {
+    let _serial = serial();
+    let engine = engine_with("offload", json!({}));
+    let offloaded_request = |model: &str, seed: u64| {
+        let mut request: Value = serde_json::from_str(&request(model, seed, 2)).unwrap();
+        request["precision"] = json!({"cpu_offload": true});
+        request.to_string()
+    };
+    let folder = tiny_diffusers_folder();
+    for model in ["builtin:tiny", folder.as_str()] {
+        let resident = generate(&engine, model, 5, 2);
+        let resident_bytes = cached_models(&engine).into_iter().find(|(n, _)| n == model).unwrap().1;
+        let response = respond(&engine, &offloaded_request(model, 5));
+        let offloaded = pixels(&response);
+        assert!(offloaded == resident, "{model}: offloaded image differs: {}", difference(&offloaded, &resident));
+        let warnings = response["warnings"].to_string();
+        assert!(warnings.contains("cpu_offload"), "the CPU run must say offload saves nothing here: {warnings}");
+        let status = respond(&engine, r#"{"message_type":"status_request"}"#);
+        let entry = status["data"]["loaded_models"].as_array().unwrap().iter().find(|m| m["name"] == model).unwrap().clone();
+        assert_eq!(entry["cpu_offload"], true, "{entry}");
+        let (device, host) = (entry["device_weight_bytes"].as_u64().unwrap(), entry["host_weight_bytes"].as_u64().unwrap());
+        // The UNet stays on the device; encoders and VAE move to the host, nothing is stored twice.
+        assert!(host > 0 && device < resident_bytes, "device {device}, host {host}, resident {resident_bytes}");
+        assert_eq!(device + host, resident_bytes, "offloaded weights must add up to the resident ones");
+        // Offloaded again (cached), then back to resident: the same pixels each time.
+        assert!(pixels(&respond(&engine, &offloaded_request(model, 5))) == resident);
+        assert!(generate(&engine, model, 5, 2) == resident);
+    }
 }

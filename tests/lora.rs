@@ -291,3 +291,25 @@ fn parsed_files_are_cached_least_recently_used_first_and_reread_when_changed() {
     assert_ne!(rewritten.id, first_a.id);
     assert_eq!(rewritten.file.modules.len(), 15);
 }
+
+#[test]
+fn loras_fused_into_offloaded_text_encoders_equal_diffusers() {
+    let refs = reference("lora");
+    let (engine, _out) = new_engine("offload");
+    let offloaded = |loras: &[(&str, f64)]| {
+        let mut request: Value = serde_json::from_str(&request(loras)).unwrap();
+        request["precision"] = json!({"cpu_offload": true});
+        let response = respond(&engine, &request.to_string());
+        assert_eq!(response["success"], true, "{loras:?}: {response}");
+        assert_eq!(response["data"]["processing_metrics"]["model_info"]["cpu_offload"], true, "{response}");
+        image_tensor(&[image::open(response["data"]["generated_images"][0]["path"].as_str().unwrap()).unwrap().to_rgb8()])
+    };
+    assert_image_close("offloaded, no LoRA", &offloaded(&[]), tensor(&refs, "none"));
+    let pristine = checksum(&engine);
+    // Both text encoders are patched on their host copies; the device builds use the patches.
+    assert_image_close("offloaded, x 0.7 + y 0.5", &offloaded(&[("tiny_lora_kohya", 0.7), ("tiny_lora_second", 0.5)]), tensor(&refs, "xy_0.7_0.5"));
+    assert_image_close("offloaded, x 0.8", &offloaded(&[("tiny_lora_peft", 0.8)]), tensor(&refs, "x_0.8"));
+    assert_ne!(checksum(&engine), pristine, "the adapters changed no weight");
+    assert_image_close("offloaded, no LoRA after removal", &offloaded(&[]), tensor(&refs, "none"));
+    assert_eq!(checksum(&engine), pristine, "removing the adapters did not restore every weight bit for bit");
+}

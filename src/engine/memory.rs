@@ -51,7 +51,11 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     attention + features + vae_attention.max(full_resolution)
 }
 
+/// Bytes for messages: GiB, or MiB below one GiB (tiny models and budgets stay readable).
 pub fn gib(bytes: u64) -> String {
+    if (bytes as f64) < GIB {
+        return format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64);
+    }
     format!("{:.2} GiB", bytes as f64 / GIB)
 }
 
