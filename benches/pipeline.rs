@@ -40,7 +40,7 @@ fn components(c: &mut Criterion) {
     let cond = UNetConditioning { encoder_hidden_states: &context, text_embeds: &pooled, time_ids: &time_ids };
     c.bench_function("unet_step_cfg_256px", |b| b.iter(|| model.unet.forward(&sample, 500.0, &cond).unwrap()));
     let latent = Tensor::randn(0f32, 1.0, (1, 4, 32, 32), &Device::Cpu).unwrap();
-    c.bench_function("vae_decode_256px", |b| b.iter(|| model.vae.decode(&latent).unwrap()));
+    c.bench_function("vae_decode_256px", |b| b.iter(|| model.vae.on_device().unwrap().decode(&latent).unwrap()));
 }
 
 fn generate_json(c: &mut Criterion) {

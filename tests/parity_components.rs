@@ -69,8 +69,8 @@ fn text_encoders_match_transformers() {
     let model = tiny_folder_model();
     let ids_1 = tensor(&refs, "input_ids_1").to_dtype(DType::U32).unwrap();
     let ids_2 = tensor(&refs, "input_ids_2").to_dtype(DType::U32).unwrap();
-    let out_1 = model.text_encoder.forward(&ids_1).unwrap();
-    let out_2 = model.text_encoder_2.forward(&ids_2).unwrap();
+    let out_1 = model.text_encoder.on_device().unwrap().forward(&ids_1).unwrap();
+    let out_2 = model.text_encoder_2.on_device().unwrap().forward(&ids_2).unwrap();
     assert_close("te1 penultimate", &out_1.penultimate_hidden_states, tensor(&refs, "te1_penultimate"), 1e-4);
     assert_close("te2 penultimate", &out_2.penultimate_hidden_states, tensor(&refs, "te2_penultimate"), 1e-4);
     assert_close("te2 pooled", out_2.pooled.as_ref().unwrap(), tensor(&refs, "te2_pooled"), 1e-4);
@@ -98,11 +98,11 @@ fn unet_matches_diffusers_on_one_call() {
 fn vae_decode_and_encode_match_diffusers() {
     let refs = reference("vae");
     let model = tiny_folder_model();
-    let decoded = model.vae.decode(tensor(&refs, "latent")).unwrap();
+    let decoded = model.vae.on_device().unwrap().decode(tensor(&refs, "latent")).unwrap();
     assert_close("vae decode", &decoded, tensor(&refs, "decoded"), 1e-4);
     let init = image::open(fixtures().join("reference/init_256.png")).unwrap().to_rgb8();
     let pixels = sdxl::image::rgb_to_tensor(&init, &Device::Cpu).unwrap();
-    let dist = model.vae.encode(&pixels).unwrap();
+    let dist = model.vae.on_device().unwrap().encode(&pixels).unwrap();
     assert_close("vae encode mean", &dist.mean, tensor(&refs, "encode_mean"), 1e-4);
     assert_close("vae encode std", &dist.std, tensor(&refs, "encode_std"), 1e-4);
 }

@@ -86,7 +86,7 @@ fn bench(device: &Device, steps: u32) -> sdxl::Result<()> {
     let mut vae_times = Vec::new();
     for _ in 0..3 {
         let start = Instant::now();
-        model.vae.decode(&latent)?;
+        model.vae.on_device()?.decode(&latent)?;
         vae_times.push(seconds_since(start, device)? * 1000.0);
     }
     println!("{}", json!({"kind": "vae_decode_1024_ms", "values": vae_times}));
@@ -172,6 +172,39 @@ fn oom(_device: &Device) -> sdxl::Result<()> {
     Ok(())
 }
 
+/// `precision.cpu_offload` on the full-size model: one 1024² request (after a warm-up), its
+/// peak device memory, stage times and the weights the status reports on device and host.
+/// Run once per placement, each in its own process, so the peaks don't mix.
+fn offload(device: &Device, cpu_offload: bool) -> sdxl::Result<()> {
+    let engine = sdxl::Engine::from_json(&json!({"device": "cuda:0", "output_dir": "/tmp/sdxl-offload"}).to_string())?;
+    let request = |seed: u64| {
+        json!({"prompt": "a lighthouse", "models": {"base": "builtin:sdxl-random"}, "dimensions": {"width": 1024, "height": 1024},
+               "hyperparameters": {"num_inference_steps": 10, "seed": seed}, "precision": {"cpu_offload": cpu_offload},
+               "output": {"save_path": if cpu_offload { "offloaded" } else { "resident" }}})
+        .to_string()
+    };
+    // builtin:sdxl-random draws its weights with the generator of the device they are built on,
+    // so offloaded networks get other random values; builtin:tiny (weights from a CPU stream by
+    // name) is what shows the two placements give the same image on the GPU.
+    let tiny = json!({"prompt": "a lighthouse", "models": {"base": "builtin:tiny"}, "dimensions": {"width": 256, "height": 256},
+        "hyperparameters": {"num_inference_steps": 4, "seed": 3}, "precision": {"cpu_offload": cpu_offload},
+        "output": {"save_path": if cpu_offload { "tiny-offloaded" } else { "tiny-resident" }}});
+    let response: serde_json::Value = serde_json::from_str(&engine.handle_json(&tiny.to_string())).unwrap_or_default();
+    println!("{}", json!({"kind": "offload_tiny", "cpu_offload": cpu_offload, "success": response["success"], "error": response["error"]}));
+    for (what, seed) in [("warm_up", 1), ("measured", 2)] {
+        let response: serde_json::Value = serde_json::from_str(&engine.handle_json(&request(seed))).unwrap_or_default();
+        let status = engine.status();
+        let model = status["loaded_models"].as_array().and_then(|models| models.iter().find(|m| m["name"] == "builtin:sdxl-random")).cloned().unwrap_or_default();
+        println!("{}", json!({"kind": "offload", "cpu_offload": cpu_offload, "run": what, "success": response["success"], "error": response["error"],
+            "total_s": response["data"]["processing_metrics"]["total_time"], "stage_times": response["data"]["processing_metrics"]["stage_times"],
+            "peak_memory_bytes": response["data"]["processing_metrics"]["peak_memory_bytes"],
+            "device_weight_bytes": model["device_weight_bytes"], "host_weight_bytes": model["host_weight_bytes"],
+            "image": response["data"]["generated_images"][0]["path"],
+            "device_free_after": sdxl::engine::memory::device_memory(device).map(|(free, _)| free)}));
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let device = match Device::new_cuda(0) {
@@ -185,9 +218,10 @@ fn main() {
         Some("parity") => parity(&device),
         Some("bench") => bench(&device, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)),
         Some("oom") => oom(&device),
+        Some("offload") => offload(&device, args.get(2).map(String::as_str) == Some("on")),
         Some("compare") => compare(&device, std::path::Path::new(args.get(2).map(String::as_str).unwrap_or("/tmp/sdxl-random"))),
         _ => {
-            eprintln!("usage: gpu_bench parity | bench [steps] | compare DIR");
+            eprintln!("usage: gpu_bench parity | bench [steps] | compare DIR | oom | offload on|off");
             std::process::exit(2);
         }
     };

@@ -5,6 +5,7 @@
 #   run_on_device.sh bench     GPU parity on the tiny fixtures + our bench + diffusers' bench
 #   run_on_device.sh compare   full-size parity with diffusers on the same random weights
 #   run_on_device.sh oom       admission refusal, real CUDA out-of-memory and recovery
+#   run_on_device.sh offload   1024² with and without precision.cpu_offload: peak memory, times, same image
 # Results go to $OUT (JSON lines), one file per part.
 set -uo pipefail
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
@@ -34,6 +35,24 @@ bench)
 compare)
     "$PY" tools/bench/diffusers_bench.py make-reference /tmp/sdxl-random > "$OUT/reference.jsonl" 2> "$OUT/reference.err"; echo "reference rc=$?"
     .dev/gpu/gpu_bench compare /tmp/sdxl-random > "$OUT/compare.jsonl" 2> "$OUT/compare.err"; echo "compare rc=$?"
+    ;;
+offload)
+    for placement in off on; do
+        sampler=$(sample_memory "$OUT/mem_offload_$placement.csv")
+        .dev/gpu/gpu_bench offload $placement > "$OUT/offload_$placement.jsonl" 2> "$OUT/offload_$placement.err"; echo "offload $placement rc=$?"
+        kill "$sampler"
+        echo "offload $placement nvidia-smi peak MiB: $(sort -n "$OUT/mem_offload_$placement.csv" | tail -1)"
+    done
+    /opt/torch/.venv/bin/python3 -c "
+import numpy as np, PIL.Image as I, glob
+# Files are <request_id>_<index>_<seed>.png: pair them by seed.
+by_seed = lambda d: {p.rsplit('_', 1)[-1]: p for p in glob.glob(d + '/*')}
+for model in ('tiny-', ''):
+    a, b = by_seed('/tmp/sdxl-offload/' + model + 'resident'), by_seed('/tmp/sdxl-offload/' + model + 'offloaded')
+    for x, y in ((a[k], b[k]) for k in sorted(a) if k in b):
+        d = np.abs(np.asarray(I.open(x)).astype(int) - np.asarray(I.open(y)).astype(int))
+        print(model or 'sdxl-random (different random weights: not comparable) ', 'resident vs offloaded', x.split('/')[-1], 'uint8 max diff', d.max())
+" | tee "$OUT/offload_images.txt"
     ;;
 oom)
     sampler=$(sample_memory "$OUT/mem_oom.csv")
