@@ -137,7 +137,9 @@ extern "C" {
 /**
  * Creates an engine from a JSON config (NULL or "" for defaults): `device` ("cpu",
  * "cuda:N", "auto"), `dtype`, `vae_dtype`, `models_dir`, `output_dir`, `limits`,
- * `torch_cpu_kernel`, `max_loaded_models`.
+ * `torch_cpu_kernel`, `max_loaded_models`, `max_memory_gb` (budget for cached weights plus
+ * a request's activations; default: the device's free memory less headroom), `cpu_offload`
+ * (default placement for requests that don't set `precision.cpu_offload`).
  * Returns NULL on failure; `sdxl_last_error()` says why. Free with `sdxl_free`.
  * Thread safety: may be called from any thread.
  */
