@@ -212,6 +212,11 @@ namespace DeviceOperations.Sdxl
         /// <summary>"vectorized" (default) or "scalar".</summary>
         public string TorchCpuKernel { get; set; }
         public int? MaxLoadedModels { get; set; }
+        /// <summary>Device memory (GiB) for cached weights plus a request's activations;
+        /// null: the device's free memory less headroom.</summary>
+        public double? MaxMemoryGb { get; set; }
+        /// <summary>Default of precision.cpu_offload: text encoders and VAE stay in host memory.</summary>
+        public bool? CpuOffload { get; set; }
 
         public SdxlEngineConfig Clone()
         {
@@ -230,6 +235,8 @@ namespace DeviceOperations.Sdxl
                 .Add("limits", Limits == null ? null : Limits.ToJsonObject())
                 .Add("torch_cpu_kernel", TorchCpuKernel)
                 .Add("max_loaded_models", MaxLoadedModels)
+                .Add("max_memory_gb", MaxMemoryGb)
+                .Add("cpu_offload", CpuOffload)
                 .ToString();
         }
     }

@@ -127,6 +127,18 @@ namespace DeviceOperations.Sdxl.Tests
                 }
             });
 
+            runner.Add("e2e_memory_budget_and_offload_config_is_accepted_by_the_library", () =>
+            {
+                var config = CpuConfig();
+                config.MaxMemoryGb = 4.0;
+                config.CpuOffload = true;
+                using (var engine = SdxlEngine.Create(config))
+                {
+                    var status = engine.GetStatusAsync().GetAwaiter().GetResult();
+                    Assert.Contains("\"budget_bytes\":4294967296", status.RawJson, "status reports the budget");
+                }
+            });
+
             runner.Add("e2e_bad_config_throws_sdxl_exception_with_the_native_code", () =>
             {
                 Engine();

@@ -288,6 +288,8 @@ namespace DeviceOperations.Sdxl.Tests
                 var config = new SdxlEngineConfig { Device = "cpu", OutputDir = "/tmp/o", Limits = new SdxlLimits { MinSize = 64 } };
                 Assert.Equal("{\"device\":\"cpu\",\"output_dir\":\"/tmp/o\",\"limits\":{\"min_size\":64}}", config.ToJson(), "config JSON");
                 Assert.Equal("{}", new SdxlEngineConfig().ToJson(), "empty config JSON");
+                var memory = new SdxlEngineConfig { MaxLoadedModels = 3, MaxMemoryGb = 12.5, CpuOffload = true };
+                Assert.Equal("{\"max_loaded_models\":3,\"max_memory_gb\":12.5,\"cpu_offload\":true}", memory.ToJson(), "memory config JSON");
             });
 
             runner.Add("pool_picks_the_least_busy_engine_and_rotates_ties", () =>
