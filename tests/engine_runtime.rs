@@ -110,6 +110,11 @@ fn status_reports_models_requests_and_version() {
     assert_eq!(data["device_name"], "cpu");
     assert_eq!(data["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(data["loaded_models"][0]["name"], "builtin:tiny");
+    let weights = data["loaded_models"][0]["device_weight_bytes"].as_u64().unwrap();
+    assert!(weights > 1 << 20, "{data}");
+    assert_eq!(data["memory"]["weights_on_device_bytes"], weights, "{data}");
+    assert_eq!(data["memory"]["budget_bytes"], Value::Null, "{data}");
+    assert_eq!(data["cached_loras"], json!([]), "{data}");
 }
 
 #[test]

@@ -312,4 +312,9 @@ fn loras_fused_into_offloaded_text_encoders_equal_diffusers() {
     assert_ne!(checksum(&engine), pristine, "the adapters changed no weight");
     assert_image_close("offloaded, no LoRA after removal", &offloaded(&[]), tensor(&refs, "none"));
     assert_eq!(checksum(&engine), pristine, "removing the adapters did not restore every weight bit for bit");
+    let status = respond(&engine, r#"{"message_type":"status_request"}"#);
+    let cached = status["data"]["cached_loras"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    for name in ["tiny_lora_kohya", "tiny_lora_second", "tiny_lora_peft"] {
+        assert!(cached.iter().any(|path| path.ends_with(&format!("{name}.safetensors"))), "status lists no cached {name}: {cached:?}");
+    }
 }

@@ -473,6 +473,7 @@ impl Engine {
             "device_name": self.device_name(),
             "dtype": config::dtype_name(self.dtype),
             "loaded_models": models,
+            "cached_loras": self.loras.paths(),
             "memory": {
                 "device_total_bytes": device_memory.map(|(_, total)| total),
                 "device_free_bytes": device_memory.map(|(free, _)| free),

@@ -87,6 +87,12 @@ impl LoraCache {
         Ok(entry)
     }
 
+    /// The cached files' paths, least recently used first.
+    pub fn paths(&self) -> Vec<String> {
+        // The id is "path|size|mtime": the path is everything before the last two fields.
+        self.entries.lock().iter().map(|entry| entry.id.rsplitn(3, '|').last().unwrap_or(&entry.id).to_string()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.lock().len()
     }
