@@ -51,6 +51,11 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     attention + features + vae_attention.max(full_resolution)
 }
 
+/// `max_memory_gb` in bytes.
+pub fn gib_to_bytes(gib: f64) -> u64 {
+    (gib * GIB) as u64
+}
+
 /// Bytes for messages: GiB, or MiB below one GiB (tiny models and budgets stay readable).
 pub fn gib(bytes: u64) -> String {
     if (bytes as f64) < GIB {

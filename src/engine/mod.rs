@@ -212,7 +212,7 @@ impl Engine {
     /// (CPU without a budget).
     fn available_bytes(&self) -> Option<u64> {
         if let Some(budget_gb) = self.config.max_memory_gb {
-            return Some(((budget_gb * (1u64 << 30) as f64) as u64).saturating_sub(self.resident_weight_bytes()));
+            return Some(memory::gib_to_bytes(budget_gb).saturating_sub(self.resident_weight_bytes()));
         }
         memory::device_memory(&self.device).map(|(free, _)| free.saturating_sub(memory::DEVICE_HEADROOM_BYTES))
     }
@@ -479,7 +479,7 @@ impl Engine {
                 "device_free_bytes": device_memory.map(|(free, _)| free),
                 "weights_on_device_bytes": self.resident_weight_bytes(),
                 "weights_on_host_bytes": self.models.lock().values().map(|entry| entry.model.host_weight_bytes).sum::<u64>(),
-                "budget_bytes": self.config.max_memory_gb.map(|gb| (gb * (1u64 << 30) as f64) as u64),
+                "budget_bytes": self.config.max_memory_gb.map(memory::gib_to_bytes),
             },
             "requests_served": self.requests_served.load(Ordering::Relaxed),
             "last_error": *self.last_error.lock(),

@@ -260,12 +260,7 @@ impl NetworkSource {
     }
 
     fn var_builder(self, device: &Device) -> VarBuilder<'static> {
-        let vb = VarBuilder::from_backend(self.weights, self.dtype, device.clone());
-        if self.root.is_empty() {
-            vb
-        } else {
-            vb.pp(self.root)
-        }
+        crate::models::offload::var_builder(self.weights, self.root, self.dtype, device)
     }
 
     /// Builds a network that `cpu_offload` may keep in host memory.

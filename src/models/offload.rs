@@ -106,7 +106,8 @@ impl<T> OffloadedNetwork<T> {
     }
 }
 
-fn var_builder(backend: Box<dyn SimpleBackend>, root: &str, dtype: DType, device: &Device) -> VarBuilder<'static> {
+/// A builder over `backend` that reads the network under `root` (none when empty).
+pub(crate) fn var_builder(backend: Box<dyn SimpleBackend>, root: &str, dtype: DType, device: &Device) -> VarBuilder<'static> {
     let vb = VarBuilder::from_backend(backend, dtype, device.clone());
     if root.is_empty() {
         vb
