@@ -422,3 +422,13 @@ fn scheduler_aliases_imply_their_options_unless_the_request_sets_them() {
     explicit["scheduler_options"] = json!({"use_karras_sigmas": false});
     assert_eq!(plan_for(explicit).scheduler_overrides.use_karras_sigmas, Some(false));
 }
+
+#[test]
+fn an_empty_negative_prompt_is_text_and_an_absent_or_null_one_is_none() {
+    // diffusers encodes negative_prompt="" as text; only None gets zero embeddings
+    // (force_zeros_for_empty_prompt). The seed's C# client sends "" when the user gave none.
+    let plan_for = |request: Value| plan_request(&parse_request(request).expect("parses"), "n".into(), &Limits::default(), || 1).expect("valid");
+    assert_eq!(plan_for(json!({"prompt": "p", "models": {"base": "m"}, "negative_prompt": ""})).negative_prompt.as_deref(), Some(""));
+    assert_eq!(plan_for(json!({"prompt": "p", "models": {"base": "m"}, "negative_prompt": null})).negative_prompt, None);
+    assert_eq!(plan_for(json!({"prompt": "p", "models": {"base": "m"}})).negative_prompt, None);
+}

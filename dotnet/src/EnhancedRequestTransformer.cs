@@ -3,8 +3,9 @@
 //
 // Divergences from the seed, all because src/api/request.rs rejects what the Python worker
 // tolerated: null members are omitted (models.refiner / models.vae only when set, since a
-// set refiner or VAE is refused as unsupported), negative_prompt only when non-empty, and a
-// disabled controlnet / output.upscale is just {"enabled": false}.
+// set refiner or VAE is refused as unsupported) and a disabled controlnet / output.upscale is
+// just {"enabled": false}. negative_prompt is sent as the seed sent it: "" when the caller gave
+// none, which the seed's worker (and the engine) encode as text, as diffusers does for "".
 
 using System;
 using System.Collections.Generic;
@@ -128,7 +129,7 @@ namespace DeviceOperations.Sdxl
                 var data = new JsonObject()
                     .Add("worker_type", _workerTypeResolver.DetermineWorkerType(request))
                     .Add("prompt", (conditioning == null ? null : conditioning.Prompt) ?? string.Empty)
-                    .Add("negative_prompt", string.IsNullOrEmpty(negativePrompt) ? null : negativePrompt)
+                    .Add("negative_prompt", negativePrompt ?? string.Empty)
                     .Add("model_name", baseModel)
                     .Add("hyperparameters", new JsonObject()
                         .Add("num_inference_steps", (scheduler == null ? null : scheduler.Steps) ?? 25)

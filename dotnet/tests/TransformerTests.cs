@@ -225,17 +225,17 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.Equal("req-9", Json.GetString(metadata, "request_id"), "metadata.request_id");
                 Assert.Equal("normal", Json.GetString(metadata, "priority"), "priority");
                 Assert.Equal(300L, Json.GetLong(metadata, "timeout").Value, "timeout");
-                Assert.SequenceEqual(new[] { "worker_type", "prompt", "model_name", "hyperparameters", "dimensions", "scheduler", "models", "lora", "controlnet", "output", "batch", "precision", "metadata" },
-                    data.Keys, "data members (no negative_prompt when empty)");
+                Assert.SequenceEqual(new[] { "worker_type", "prompt", "negative_prompt", "model_name", "hyperparameters", "dimensions", "scheduler", "models", "lora", "controlnet", "output", "batch", "precision", "metadata" },
+                    data.Keys, "data members (negative_prompt always, as the seed sends it)");
             });
 
-            runner.Add("transformer_omits_nulls_and_sends_negative_prompt_refiner_vae_only_when_set", () =>
+            runner.Add("transformer_sends_the_seeds_empty_negative_prompt_and_refiner_vae_only_when_set", () =>
             {
                 var request = Minimal();
-                request.Conditioning.NegativePrompt = "";
+                request.Conditioning.NegativePrompt = null;
                 request.Model.Refiner = "";
                 var data = Data(request);
-                Assert.Missing(data, "negative_prompt", "empty negative prompt");
+                Assert.Equal("", Json.GetString(data, "negative_prompt"), "no negative prompt is sent as the seed's \"\" (encoded as text)");
                 Assert.SequenceEqual(new[] { "base" }, Obj(data, "models").Keys, "models without refiner/vae");
 
                 request.Conditioning.NegativePrompt = "blurry";

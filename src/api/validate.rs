@@ -387,7 +387,7 @@ pub fn plan_request(
     Ok(GenerationPlan {
         request_id,
         prompt,
-        negative_prompt: request.negative_prompt.clone().filter(|n| !n.is_empty()),
+        negative_prompt: request.negative_prompt.clone(),
         base_model,
         refiner_model: None,
         vae_model: models.vae.filter(|v| !v.trim().is_empty()),

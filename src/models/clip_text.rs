@@ -204,19 +204,53 @@ impl ClipTextTransformer {
             None => None,
             Some(projection) => {
                 let last = self.final_layer_norm.forward(&hidden)?;
-                // transformers takes the first EOS token per row as the pooled position.
                 let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
                 let rows = ids
                     .iter()
                     .enumerate()
-                    .map(|(b, row)| {
-                        let eos = row.iter().position(|&id| id == self.config.eos_token_id).unwrap_or(row.len() - 1);
-                        last.i((b, eos))
-                    })
+                    .map(|(b, row)| last.i((b, pooled_position(row, self.config.eos_token_id))))
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 Some(projection.forward(&Tensor::stack(&rows, 0)?)?)
             }
         };
         Ok(ClipTextOutput { penultimate_hidden_states, pooled })
+    }
+}
+
+/// The token whose final hidden state is pooled, as transformers' `CLIPTextTransformer.forward`
+/// picks it. Configs saved with CLIP's legacy ids (`eos_token_id: 2`, as stabilityai's SDXL
+/// folders have) take `argmax(input_ids)`: the first `<|endoftext|>`, the highest id in the
+/// vocabulary. Other configs take the first id equal to `eos_token_id`, and a row without one
+/// gives position 0 (the argmax of an all-false mask), not the last.
+pub(crate) fn pooled_position(ids: &[u32], eos_token_id: u32) -> usize {
+    const LEGACY_EOS_TOKEN_ID: u32 = 2;
+    if eos_token_id == LEGACY_EOS_TOKEN_ID {
+        // torch.argmax returns the first of equal maxima.
+        let max = ids.iter().copied().max().unwrap_or(0);
+        return ids.iter().position(|&id| id == max).unwrap_or(0);
+    }
+    ids.iter().position(|&id| id == eos_token_id).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pooled_position;
+
+    const BOS: u32 = 49406;
+    const EOS: u32 = 49407;
+
+    #[test]
+    fn legacy_eos_id_pools_at_the_first_highest_id_as_transformers_does() {
+        // tokenizer (pad = <|endoftext|>): the first of the equal maxima.
+        assert_eq!(pooled_position(&[BOS, 320, 1929, EOS, EOS, EOS], 2), 3);
+        // tokenizer_2 (pad = "!", id 0); a literal "#" (id 2) in the prompt is not the pooled token.
+        assert_eq!(pooled_position(&[BOS, 2, 1929, EOS, 0, 0], 2), 3);
+    }
+
+    #[test]
+    fn configured_eos_id_pools_at_its_first_occurrence_or_at_zero() {
+        assert_eq!(pooled_position(&[BOS, 320, EOS, EOS], EOS), 2);
+        // torch.argmax over an all-false mask is 0, not the last position.
+        assert_eq!(pooled_position(&[BOS, 320, 321], EOS), 0);
     }
 }

@@ -27,10 +27,13 @@ if [ ! -x "$ROOT/nvidia/cu13/bin/nvcc" ]; then
         | gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$ROOT/stubs/libcuda.so" -x c -
     ln -sf libcuda.so "$ROOT/stubs/libcuda.so.1"
     # Wheels ship versioned runtime libraries only; the linker wants the unversioned names.
+    # nullglob: without the cuDNN wheel its pattern matches nothing and must not become a path.
+    shopt -s nullglob
     for lib in "$ROOT"/nvidia/cu13/lib/lib*.so.* "$ROOT"/nvidia/cudnn/lib/lib*.so.*; do
         base="${lib%%.so.*}.so"
         [ -e "$base" ] || ln -sf "$(basename "$lib")" "$base"
     done
+    shopt -u nullglob
 fi
 export CUDA_HOME="$ROOT/nvidia/cu13"
 export CUDA_PATH="$CUDA_HOME"
