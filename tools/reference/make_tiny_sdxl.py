@@ -11,6 +11,9 @@ Writes
   tests/fixtures/not-sdxl.safetensors       tiny SD1.5-layout single file
   tests/fixtures/truncated.safetensors      a small valid safetensors file cut to 60% of its bytes
 and asserts that StableDiffusionXLPipeline.from_single_file reloads the single file bit-identically.
+
+Every config file of the folder (tokenizer json files included) is stabilityai/stable-diffusion-xl-base-1.0's
+published file with only widths/depths shrunk (tiny_config.py), legacy CLIP ids bos 0 / eos 2 / pad 1 included.
 """
 import json
 import math
@@ -31,25 +34,8 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 TINY = os.path.join(FIX, "tiny-sdxl")
 SINGLE = os.path.join(FIX, "tiny-sdxl.safetensors")
 
-# scheduler/scheduler_config.json of stabilityai/stable-diffusion-xl-base-1.0 (verbatim values)
-SDXL_SCHEDULER_CONFIG = {
-    "_class_name": "EulerDiscreteScheduler",
-    "_diffusers_version": "0.19.0.dev0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-}
+# keys of a transformers config.json that describe the file, not the model
+CONFIG_FILE_ONLY = ("architectures", "model_type", "torch_dtype", "transformers_version")
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,38 +74,14 @@ def build_components():
     vae = AutoencoderKL(**C.VAE)
     perturb_(vae, 3)
 
-    te1_cfg = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=C.TE1_HIDDEN,
-        intermediate_size=C.TE1_INTER,
-        num_hidden_layers=C.TE1_LAYERS,
-        num_attention_heads=C.TE1_HEADS,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-        projection_dim=C.TE1_HIDDEN,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
+    # the published text-encoder configs (legacy ids bos 0 / eos 2 / pad 1 included), shrunk;
+    # the keys that only describe the file (class, dtype, writer version) are not constructor arguments
+    te1_cfg = CLIPTextConfig(**{k: v for k, v in C.TEXT_ENCODER_CONFIG.items() if k not in CONFIG_FILE_ONLY})
     torch.manual_seed(4)
     te1 = CLIPTextModel(te1_cfg)
     perturb_(te1, 5)
 
-    te2_cfg = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=C.TE2_HIDDEN,
-        intermediate_size=C.TE2_INTER,
-        num_hidden_layers=C.TE2_LAYERS,
-        num_attention_heads=C.TE2_HEADS,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-        projection_dim=C.TE2_PROJ,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=0,  # tokenizer_2 pads with "!" (id 0)
-    )
+    te2_cfg = CLIPTextConfig(**{k: v for k, v in C.TEXT_ENCODER_2_CONFIG.items() if k not in CONFIG_FILE_ONLY})
     torch.manual_seed(6)
     te2 = CLIPTextModelWithProjection(te2_cfg)
     perturb_(te2, 7)
@@ -132,7 +94,7 @@ def build_components():
             emb.token_embedding.weight.copy_(torch.randn(emb.token_embedding.weight.shape, generator=g) * 0.5)
             emb.position_embedding.weight.copy_(torch.randn(emb.position_embedding.weight.shape, generator=g) * 0.2)
 
-    scheduler = EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG)
+    scheduler = EulerDiscreteScheduler.from_config(C.SCHEDULER_CONFIG)
     return unet, vae, te1, te2, scheduler
 
 
@@ -290,6 +252,79 @@ def te2_diffusers_to_openclip(sd, n_layers):
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------------------------
+def write_json(path, obj, sort_keys):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=sort_keys, ensure_ascii=False)
+        f.write("\n")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def check_loaded_configs(pipe):
+    """What diffusers/transformers load from the written files is the published value of every field."""
+    for comp, cfg in (("unet", C.UNET_CONFIG), ("vae", C.VAE_CONFIG)):
+        loaded = getattr(pipe, comp).config
+        for k, v in cfg.items():
+            if not k.startswith("_"):
+                assert _norm(loaded[k]) == v, (comp, k, loaded[k], v)
+    for comp, cfg in (("text_encoder", C.TEXT_ENCODER_CONFIG), ("text_encoder_2", C.TEXT_ENCODER_2_CONFIG)):
+        loaded = getattr(pipe, comp).config
+        for k, v in cfg.items():
+            if k in CONFIG_FILE_ONLY:
+                continue
+            assert getattr(loaded, k) == v, (comp, k, getattr(loaded, k), v)
+        assert (loaded.bos_token_id, loaded.eos_token_id, loaded.pad_token_id) == (0, 2, 1), comp
+    for k, v in C.SCHEDULER_CONFIG.items():
+        if not k.startswith("_"):
+            assert pipe.scheduler.config[k] == v, ("scheduler", k)
+    assert pipe.config.force_zeros_for_empty_prompt is True
+    assert pipe.watermark is None, "invisible_watermark is installed: the pipeline would watermark the references"
+    print("configs: every published field reads back with its value (legacy CLIP ids 0/2/1 included)")
+
+
+def check_tokenizers(tok1, tok2):
+    """The published tokenizer configs give the ids recorded in tokenizer_cases.json (transformers 5
+    tokenizers: the *_fast ids where the slow tokenizer differs)."""
+    assert tok1.pad_token_id == 49407 and tok2.pad_token_id == 0
+    assert tok1.bos_token_id == tok2.bos_token_id == 49406 and tok1.eos_token_id == tok2.eos_token_id == 49407
+    assert tok1.model_max_length == tok2.model_max_length == 77
+    with open(os.path.join(FIX, "tokenizer_cases.json"), encoding="utf-8") as f:
+        cases = json.load(f)
+    for c in cases:
+        p = c["prompt"]
+        for tok, key in ((tok1, "ids_tokenizer"), (tok2, "ids_tokenizer_2")):
+            got = tok(p, padding="max_length", max_length=77, truncation=True).input_ids
+            assert got == c.get(key + "_fast", c[key]), (key, p)
+    print(f"tokenizers: the published tokenizer configs reproduce the ids of {len(cases)} tokenizer cases")
+
+
+def check_pooling(pipe):
+    """eos_token_id 2 is CLIP's legacy id: transformers then pools at input_ids.argmax(-1), which is the
+    first 49407 (<|endoftext|>) for both tokenizers (tokenizer pads with 49407, tokenizer_2 with 0)."""
+    prompts = ["a photograph of an astronaut riding a horse", "", "wow!!! #1 \"quoted\" words"]
+    with torch.no_grad():
+        for tok, te in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+            ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+            out = te(ids, output_hidden_states=True)
+            first_eos = (ids == 49407).int().argmax(-1)
+            assert bool((ids[torch.arange(len(prompts)), first_eos] == 49407).all())
+            assert not bool((ids == 2).any()), "a prompt with id 2 would make the legacy check ambiguous"
+            rows = out.last_hidden_state[torch.arange(len(prompts)), first_eos]
+            if hasattr(out, "text_embeds"):  # CLIPTextModelWithProjection: pooled @ text_projection
+                assert torch.equal(out.text_embeds, te.text_projection(rows)), "text_encoder_2 pooled position"
+            else:
+                assert torch.equal(out.pooler_output, rows), "text_encoder pooled position"
+            # an implementation that looks for eos_token_id (2) itself would pool at position 0 instead
+            assert not torch.allclose(rows, out.last_hidden_state[:, 0])
+    print("pooling: eos_token_id 2 pools at the first 49407 (input_ids.argmax) for both text encoders")
+
+
+
 def st_keys(path):
     with safe_open(path, "pt") as f:
         return list(f.keys())
@@ -302,8 +337,13 @@ def main():
     torch.use_deterministic_algorithms(True)
     for sub in ("tokenizer", "tokenizer_2"):
         assert os.path.exists(os.path.join(TINY, sub, "vocab.json")), "run tools/tokenizer/build_clip_tokenizer.py first"
+    # tokenizer_config.json / special_tokens_map.json as published (build_clip_tokenizer.py writes the same)
+    for sub, files in C.TOKENIZER_FILES.items():
+        for fn, content in files.items():
+            write_json(os.path.join(TINY, sub, fn), content, sort_keys=True)
     tok1 = CLIPTokenizer.from_pretrained(os.path.join(TINY, "tokenizer"))
     tok2 = CLIPTokenizer.from_pretrained(os.path.join(TINY, "tokenizer_2"))
+    check_tokenizers(tok1, tok2)
 
     unet, vae, te1, te2, scheduler = build_components()
     pipe = StableDiffusionXLPipeline(
@@ -327,10 +367,18 @@ def main():
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
     shutil.rmtree(tmp)
 
-    # scheduler config exactly as the real SDXL base repo
-    with open(os.path.join(TINY, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump(SDXL_SCHEDULER_CONFIG, f, indent=2)
-        f.write("\n")
+    # Every config file as published by stabilityai/stable-diffusion-xl-base-1.0, shrunk (tiny_config.py).
+    # save_pretrained writes the current libraries' view instead: diffusers adds every constructor
+    # argument it knows (attention_type, dropout, latents_mean, shift_factor, use_quant_conv, ...) and its
+    # own _diffusers_version; transformers 5 writes `dtype` for `torch_dtype` and its own version;
+    # model_index.json gets feature_extractor/image_encoder entries and loses add_watermarker.
+    for rel, cfg, sort in (("model_index.json", C.MODEL_INDEX, False),
+                           ("unet/config.json", C.UNET_CONFIG, True),
+                           ("vae/config.json", C.VAE_CONFIG, True),
+                           ("text_encoder/config.json", C.TEXT_ENCODER_CONFIG, True),
+                           ("text_encoder_2/config.json", C.TEXT_ENCODER_2_CONFIG, True),
+                           ("scheduler/scheduler_config.json", C.SCHEDULER_CONFIG, True)):
+        write_json(os.path.join(TINY, rel), cfg, sort_keys=sort)
 
     # transformers 5 saves CLIPTextModel with flattened keys; real SDXL repos use text_model.*
     p = os.path.join(TINY, "text_encoder", "model.safetensors")
@@ -353,6 +401,8 @@ def main():
         for k in a:
             assert torch.equal(a[k].float(), b[k]), (comp, k)
     print("folder reload: identical (fp16 values)")
+    check_loaded_configs(ref)
+    check_pooling(ref)
 
     # ---- single file --------------------------------------------------------------------------
     file_sd = {}

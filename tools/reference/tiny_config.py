@@ -1,80 +1,262 @@
-"""Shared dimensions of the tiny SDXL used for the fixtures."""
+"""Configs of the tiny SDXL used for the fixtures.
 
-TE1_HIDDEN = 8  # CLIP ViT-L analogue (real: 768)
-TE1_INTER = 32
-TE1_LAYERS = 3  # real: 12 (SDXL uses hidden_states[-2])
-TE1_HEADS = 2
+Every `SDXL_*` dict below is a published config file of stabilityai/stable-diffusion-xl-base-1.0
+(`model_index.json`, `unet/config.json`, `vae/config.json`, `text_encoder/config.json`,
+`text_encoder_2/config.json`, `tokenizer{,_2}/tokenizer_config.json`,
+`tokenizer{,_2}/special_tokens_map.json`, `scheduler/scheduler_config.json`): these are the
+published values, every field, in the published key order. The tiny model takes each file as
+published and changes only widths and depths (the `*_SHRINK` dicts), so the fixture folder carries
+the real files' fields, including CLIP's legacy ids `bos_token_id: 0, eos_token_id: 2,
+pad_token_id: 1` (transformers then pools at `input_ids.argmax(-1)`, the first 49407).
+"""
 
-TE2_HIDDEN = 12  # OpenCLIP bigG analogue (real: 1280)
-TE2_INTER = 48
-# real: 32. 11 so that `resblocks.9` (diffusers' SDXL detection key) and a two-digit index exist.
-TE2_LAYERS = 11
-TE2_HEADS = 2
-TE2_PROJ = 10  # real: 1280; different from TE2_HIDDEN and TE1_HIDDEN on purpose
+# ----------------------------------------------------------------------------------------------
+# Published files (stabilityai/stable-diffusion-xl-base-1.0), verbatim
+# ----------------------------------------------------------------------------------------------
+SDXL_MODEL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "_diffusers_version": "0.19.0.dev0",
+    "force_zeros_for_empty_prompt": True,
+    "add_watermarker": None,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
 
-ADD_TIME_DIM = 8  # real: 256
+SDXL_UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "_diffusers_version": "0.19.0.dev0",
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],  # diffusers/SDXL naming quirk: the number of heads per level
+    "block_out_channels": [320, 640, 1280],
+    "center_input_sample": False,
+    "class_embed_type": None,
+    "class_embeddings_concat": False,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "cross_attention_dim": 2048,
+    "cross_attention_norm": None,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "downsample_padding": 1,
+    "dual_cross_attention": False,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_only_cross_attention": None,
+    "mid_block_scale_factor": 1,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_attention_heads": None,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False,
+    "resnet_time_scale_shift": "default",
+    "sample_size": 128,
+    "time_cond_proj_dim": None,
+    "time_embedding_act_fn": None,
+    "time_embedding_dim": None,
+    "time_embedding_type": "positional",
+    "timestep_post_act": None,
+    "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "upcast_attention": None,
+    "use_linear_projection": True,
+}
 
-UNET = dict(
-    sample_size=32,
-    in_channels=4,
-    out_channels=4,
-    center_input_sample=False,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    mid_block_type="UNetMidBlock2DCrossAttn",
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    only_cross_attention=False,
-    # real SDXL: (320, 640, 1280) with norm_num_groups=32; shrunk to keep the fixtures small
-    block_out_channels=(16, 32, 32),
-    layers_per_block=2,
-    downsample_padding=1,
-    mid_block_scale_factor=1,
-    act_fn="silu",
-    norm_num_groups=8,
-    norm_eps=1e-5,
-    cross_attention_dim=TE1_HIDDEN + TE2_HIDDEN,
-    transformer_layers_per_block=(1, 1, 2),
-    attention_head_dim=(2, 2, 4),  # diffusers/SDXL naming quirk: this is the number of heads (real: 5, 10, 20)
-    dual_cross_attention=False,
-    use_linear_projection=True,
-    class_embed_type=None,
-    addition_embed_type="text_time",
+SDXL_VAE = {
+    "_class_name": "AutoencoderKL",
+    "_diffusers_version": "0.20.0.dev0",
+    "_name_or_path": "../sdxl-vae/",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "force_upcast": True,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+}
+
+SDXL_TEXT_ENCODER = {  # CLIP ViT-L/14 text tower
+    "architectures": ["CLIPTextModel"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 0,
+    "dropout": 0.0,
+    "eos_token_id": 2,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 768,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 1,
+    "projection_dim": 768,
+    "torch_dtype": "float16",
+    "transformers_version": "4.32.0.dev0",
+    "vocab_size": 49408,
+}
+
+SDXL_TEXT_ENCODER_2 = {  # OpenCLIP ViT-bigG/14 text tower
+    "architectures": ["CLIPTextModelWithProjection"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 0,
+    "dropout": 0.0,
+    "eos_token_id": 2,
+    "hidden_act": "gelu",
+    "hidden_size": 1280,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 5120,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "num_attention_heads": 20,
+    "num_hidden_layers": 32,
+    "pad_token_id": 1,
+    "projection_dim": 1280,
+    "torch_dtype": "float16",
+    "transformers_version": "4.32.0.dev0",
+    "vocab_size": 49408,
+}
+
+
+def _added_token(content):
+    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True, "rstrip": False,
+            "single_word": False}
+
+
+def _special_token(content):
+    return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+
+
+def _tokenizer_config(pad):
+    return {
+        "add_prefix_space": False,
+        "bos_token": _added_token("<|startoftext|>"),
+        "clean_up_tokenization_spaces": True,
+        "do_lower_case": True,
+        "eos_token": _added_token("<|endoftext|>"),
+        "errors": "replace",
+        "model_max_length": 77,
+        "pad_token": pad,
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": _added_token("<|endoftext|>"),
+    }
+
+
+def _special_tokens_map(pad):
+    return {
+        "bos_token": _special_token("<|startoftext|>"),
+        "eos_token": _special_token("<|endoftext|>"),
+        "pad_token": pad,
+        "unk_token": _special_token("<|endoftext|>"),
+    }
+
+
+SDXL_TOKENIZER_CONFIG = _tokenizer_config("<|endoftext|>")
+SDXL_TOKENIZER_2_CONFIG = _tokenizer_config("!")
+SDXL_SPECIAL_TOKENS_MAP = _special_tokens_map("<|endoftext|>")
+SDXL_SPECIAL_TOKENS_MAP_2 = _special_tokens_map("!")
+
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "_diffusers_version": "0.19.0.dev0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+# ----------------------------------------------------------------------------------------------
+# The shrink: widths and depths only. Everything else keeps its published value.
+# ----------------------------------------------------------------------------------------------
+TE1_HIDDEN = 8  # CLIP ViT-L: 768
+TE2_HIDDEN = 12  # OpenCLIP bigG: 1280
+TE2_PROJ = 10  # bigG: 1280; differs from TE2_HIDDEN and TE1_HIDDEN on purpose
+ADD_TIME_DIM = 8  # 256
+
+TEXT_ENCODER_SHRINK = dict(
+    hidden_size=TE1_HIDDEN,
+    intermediate_size=4 * TE1_HIDDEN,
+    num_hidden_layers=3,  # SDXL uses hidden_states[-2]
+    num_attention_heads=2,
+    projection_dim=TE1_HIDDEN,  # = hidden_size, as published (768 = 768)
+)
+TEXT_ENCODER_2_SHRINK = dict(
+    hidden_size=TE2_HIDDEN,
+    intermediate_size=4 * TE2_HIDDEN,
+    # 11 so that `resblocks.9` (diffusers' SDXL detection key) and a two-digit layer index exist
+    num_hidden_layers=11,
+    num_attention_heads=2,
+    projection_dim=TE2_PROJ,
+)
+UNET_SHRINK = dict(
     addition_time_embed_dim=ADD_TIME_DIM,
-    num_class_embeds=None,
-    upcast_attention=None,
-    resnet_time_scale_shift="default",
+    attention_head_dim=[2, 2, 4],  # heads per level
+    block_out_channels=[16, 32, 32],
+    cross_attention_dim=TE1_HIDDEN + TE2_HIDDEN,  # 768 + 1280 = 2048
+    norm_num_groups=8,
+    # 6 micro-conditioning values x addition_time_embed_dim + the pooled embedding (6·256 + 1280 = 2816)
     projection_class_embeddings_input_dim=6 * ADD_TIME_DIM + TE2_PROJ,
+    transformer_layers_per_block=[1, 1, 2],
+)
+VAE_SHRINK = dict(
+    block_out_channels=[8, 16, 16, 16],  # 4 levels as published: latent = image / 8
+    norm_num_groups=4,
 )
 
-VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(8, 16, 16, 16),  # real: (128, 256, 512, 512)
-    layers_per_block=2,  # as real SDXL (encoder 2 resnets/level, decoder 3)
-    act_fn="silu",
-    latent_channels=4,
-    norm_num_groups=4,  # real: 32
-    sample_size=256,
-    scaling_factor=0.13025,
-    force_upcast=True,
-)
 
-SCHEDULER = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    steps_offset=1,
-    timestep_spacing="leading",
-    interpolation_type="linear",
-    prediction_type="epsilon",
-    use_karras_sigmas=False,
-    clip_sample=False,
-    set_alpha_to_one=False,
-    sample_max_value=1.0,
-    skip_prk_steps=True,
-    trained_betas=None,
-)
+def shrink(published, changes):
+    """`published` with `changes` applied; every changed key must exist in the published file."""
+    unknown = set(changes) - set(published)
+    assert not unknown, f"not a published field: {sorted(unknown)}"
+    return {k: changes.get(k, v) for k, v in published.items()}
+
+
+MODEL_INDEX = dict(SDXL_MODEL_INDEX)
+UNET_CONFIG = shrink(SDXL_UNET, UNET_SHRINK)
+VAE_CONFIG = shrink(SDXL_VAE, VAE_SHRINK)
+TEXT_ENCODER_CONFIG = shrink(SDXL_TEXT_ENCODER, TEXT_ENCODER_SHRINK)
+TEXT_ENCODER_2_CONFIG = shrink(SDXL_TEXT_ENCODER_2, TEXT_ENCODER_2_SHRINK)
+SCHEDULER_CONFIG = dict(SDXL_SCHEDULER)
+TOKENIZER_FILES = {
+    "tokenizer": {"tokenizer_config.json": SDXL_TOKENIZER_CONFIG, "special_tokens_map.json": SDXL_SPECIAL_TOKENS_MAP},
+    "tokenizer_2": {"tokenizer_config.json": SDXL_TOKENIZER_2_CONFIG, "special_tokens_map.json": SDXL_SPECIAL_TOKENS_MAP_2},
+}
+
+# what the constructors take (metadata keys dropped)
+UNET = {k: (tuple(v) if isinstance(v, list) else v) for k, v in UNET_CONFIG.items() if not k.startswith("_")}
+VAE = {k: (tuple(v) if isinstance(v, list) else v) for k, v in VAE_CONFIG.items() if not k.startswith("_")}
+TE2_LAYERS = TEXT_ENCODER_2_CONFIG["num_hidden_layers"]

@@ -9,6 +9,7 @@ that diffusers uses for SDXL under transformers 4.x, plus CLIPTokenizerFast):
 Writes
   tests/fixtures/tiny-sdxl/tokenizer/{vocab.json,merges.txt,tokenizer_config.json,special_tokens_map.json}
   tests/fixtures/tiny-sdxl/tokenizer_2/...   (same files, pad_token "!")
+    (the two json files are stabilityai/stable-diffusion-xl-base-1.0's, from tools/reference/tiny_config.py)
   assets/clip_tokenizer.json.gz             (CLIPTokenizerFast tokenizer.json, gzip, mtime 0)
   tests/fixtures/tokenizer_cases.json
 
@@ -29,6 +30,8 @@ import tempfile
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FIX = os.path.join(ROOT, "tests", "fixtures")
 TINY = os.path.join(FIX, "tiny-sdxl")
+sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+import tiny_config as TC  # noqa: E402  (the published tokenizer configs)
 
 
 def find_bpe_gz():
@@ -211,23 +214,19 @@ def main():
         for a, b in merges:
             f.write(f"{a} {b}\n")
 
-    # Tokenizer folders of the tiny model, in the same (slow, transformers 4) format as the real
-    # stabilityai/stable-diffusion-xl-base-1.0 repo: vocab.json, merges.txt, tokenizer_config.json,
-    # special_tokens_map.json (no tokenizer.json).
+    # Tokenizer folders of the tiny model, as in the real stabilityai/stable-diffusion-xl-base-1.0 repo:
+    # vocab.json, merges.txt and the published tokenizer_config.json / special_tokens_map.json
+    # (tools/reference/tiny_config.py; no tokenizer.json).
     for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
         d = os.path.join(TINY, sub)
         if os.path.isdir(d):
             shutil.rmtree(d)
-        tok = CLIPTokenizer(vocab_path, merges_path, pad_token=pad, model_max_length=77)
-        tok.save_pretrained(d)
-        assert not os.path.exists(os.path.join(d, "tokenizer.json"))
-        # make the json deterministic/pretty like the hub files
-        for fn in ("tokenizer_config.json", "special_tokens_map.json"):
-            p = os.path.join(d, fn)
-            with open(p) as f:
-                j = json.load(f)
-            with open(p, "w") as f:
-                json.dump(j, f, indent=2, sort_keys=True)
+        os.makedirs(d)
+        files = TC.TOKENIZER_FILES[sub]
+        assert files["special_tokens_map.json"]["pad_token"] == files["tokenizer_config.json"]["pad_token"] == pad
+        for fn, content in files.items():
+            with open(os.path.join(d, fn), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2, sort_keys=True, ensure_ascii=False)
                 f.write("\n")
         for fn in ("vocab.json", "merges.txt"):
             shutil.copy(os.path.join(work, fn), os.path.join(d, fn))
