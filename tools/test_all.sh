@@ -4,27 +4,43 @@
 #   2. include/sdxl.h        regenerated with cbindgen; fails if it differs from the committed header
 #   3. tests/c/run.sh        the header compiled on its own as C and C++, the C programs under valgrind
 #   4. .NET tests            with Mono, when mcs and mono are installed (SDXL_SKIP_DOTNET=1 skips them)
-# Needs: cargo, gcc, g++, valgrind and cbindgen at the version cbindgen.toml names
-# (cargo install cbindgen --version <it> --locked; .ci/run does all of this).
+# Needs: cargo, gcc and g++ (checked first, before anything is built). cbindgen, at the version
+# cbindgen.toml names, is installed into target/tools/ when it is not on PATH. Without valgrind
+# the C programs run without it (said so below); without Mono the .NET tests are skipped.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+echo "==== tools"
+missing=()
+for tool in cargo gcc g++; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if (( ${#missing[@]} )); then
+    echo "test_all: missing ${missing[*]}: install them first (Debian/Ubuntu: apt-get install -y gcc g++; Rust from rustup.rs)" >&2
+    exit 1
+fi
+command -v valgrind >/dev/null 2>&1 || echo "test_all: valgrind not found: the C programs will run without it (apt-get install -y valgrind to check memory errors too)"
+cbindgen_version="$(sed -n 's/^# cbindgen-version: *//p' cbindgen.toml)"
+cbindgen=cbindgen
+if [[ "$(cbindgen --version 2>/dev/null || true)" != "cbindgen $cbindgen_version" ]]; then
+    cbindgen="$root/target/tools/bin/cbindgen"
+    if [[ "$("$cbindgen" --version 2>/dev/null || true)" != "cbindgen $cbindgen_version" ]]; then
+        echo "test_all: installing cbindgen $cbindgen_version into target/tools (once; about 2 minutes)"
+        cargo install cbindgen --version "$cbindgen_version" --locked --root "$root/target/tools"
+    fi
+fi
+"$cbindgen" --version
+
 echo "==== cargo test"
 cargo test
 
 echo "==== include/sdxl.h is what cbindgen generates"
-cbindgen_version="$(sed -n 's/^# cbindgen-version: *//p' cbindgen.toml)"
-if [[ "$(cbindgen --version 2>/dev/null || true)" != "cbindgen $cbindgen_version" ]]; then
-    echo "test_all: need cbindgen $cbindgen_version (found: $(cbindgen --version 2>/dev/null || echo none)):" \
-        "cargo install cbindgen --version $cbindgen_version --locked" >&2
-    exit 1
-fi
 committed="$(mktemp)"
 trap 'rm -f "$committed"' EXIT
 cp include/sdxl.h "$committed"
-cbindgen --quiet --config cbindgen.toml --output include/sdxl.h src/ffi/mod.rs
+"$cbindgen" --quiet --config cbindgen.toml --output include/sdxl.h src/ffi/mod.rs
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && git ls-files --error-unmatch include/sdxl.h >/dev/null 2>&1; then
     git diff --exit-code -- include/ || {
         echo "test_all: include/sdxl.h was stale; it is regenerated now: review and commit it" >&2

@@ -13,9 +13,16 @@ CC="${CC:-gcc}"
 CXX="${CXX:-g++}"
 warnings=(-Wall -Wextra -Werror)
 
-for tool in "$CC" "$CXX" valgrind; do
-    command -v "$tool" >/dev/null || { echo "tests/c/run.sh: $tool is missing (apt-get install -y gcc g++ valgrind)" >&2; exit 1; }
+for tool in "$CC" "$CXX"; do
+    command -v "$tool" >/dev/null || { echo "tests/c/run.sh: $tool is missing (apt-get install -y gcc g++)" >&2; exit 1; }
 done
+# Without valgrind the programs still run (their own checks), but memory errors go unseen.
+run_checked=(valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite
+    --show-leak-kinds=definite --suppressions="$root/tests/c/valgrind.supp")
+if ! command -v valgrind >/dev/null; then
+    echo "tests/c/run.sh: valgrind is missing (apt-get install -y valgrind): running the programs without it"
+    run_checked=()
+fi
 
 echo "== header is ASCII and compiles on its own"
 if LC_ALL=C grep -n '[^[:print:][:space:]]' include/sdxl.h; then
@@ -40,15 +47,13 @@ done
 
 status=0
 for program in "${programs[@]}"; do
-    echo "== valgrind tests/c/build/$program"
-    if ! valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
-        --show-leak-kinds=definite \
-        --suppressions="$root/tests/c/valgrind.supp" "$build_dir/$program"; then
+    echo "== ${run_checked[0]:-run} tests/c/build/$program"
+    if ! "${run_checked[@]}" "$build_dir/$program"; then
         echo "FAILED: $program" >&2
         status=1
     fi
 done
 if [ "$status" -eq 0 ]; then
-    echo "tests/c: all programs passed under valgrind"
+    echo "tests/c: all programs passed${run_checked[0]:+ under valgrind}"
 fi
 exit "$status"
