@@ -432,3 +432,26 @@ fn an_empty_negative_prompt_is_text_and_an_absent_or_null_one_is_none() {
     assert_eq!(plan_for(json!({"prompt": "p", "models": {"base": "m"}, "negative_prompt": null})).negative_prompt, None);
     assert_eq!(plan_for(json!({"prompt": "p", "models": {"base": "m"}})).negative_prompt, None);
 }
+
+#[test]
+fn emphasis_weights_must_be_finite_and_bounded() {
+    let plan = |prompt: &str, negative: Option<&str>| {
+        let mut request = json!({"prompt": prompt, "models": {"base": "m"}});
+        if let Some(negative) = negative {
+            request["negative_prompt"] = json!(negative);
+        }
+        plan_request(&parse_request(request).expect("parses"), "w".into(), &Limits::default(), || 1)
+    };
+    for (prompt, negative, field) in [
+        ("a (cat:inf)", None, "prompt"),
+        ("a (cat:nan)", None, "prompt"),
+        ("a (cat:1e30)", None, "prompt"),
+        ("a cat", Some("(blurry:-inf)"), "negative_prompt"),
+    ] {
+        let err = plan(prompt, negative).expect_err(prompt).to_string();
+        assert!(err.contains(field) && err.contains("emphasis weight"), "{prompt} / {negative:?}: {err}");
+    }
+    let deep = format!("{}cat{}", "(".repeat(1000), ")".repeat(1000));
+    assert!(plan(&deep, None).is_err(), "1.1^1000 overflows");
+    assert!(plan("a (cat:1.5) [dog] (bird:-0.5)", Some("(blurry:2)")).is_ok());
+}

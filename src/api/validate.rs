@@ -50,6 +50,9 @@ pub(crate) const DEFAULT_SIZE: u32 = 1024;
 pub(crate) const DEFAULT_QUALITY: u8 = 95;
 pub(crate) const DEFAULT_SAVE_PATH: &str = "outputs/";
 pub(crate) const DEFAULT_TIMEOUT_S: f64 = 300.0;
+/// Largest |weight| of a `(text:weight)` emphasis (nested parentheses multiply): beyond it
+/// scaled float16 embeddings overflow, and a non-finite weight makes NaN latents, a black image.
+pub(crate) const MAX_EMPHASIS_WEIGHT: f32 = 100.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,7 +120,7 @@ pub struct LoraRequest {
 pub struct GenerationPlan {
     pub request_id: String,
     pub prompt: String,
-    /// None or empty: zeros when the model says `force_zeros_for_empty_prompt`.
+    /// None: zeros when the model says `force_zeros_for_empty_prompt`; any string ("" too) is text.
     pub negative_prompt: Option<String>,
     pub base_model: String,
     pub refiner_model: Option<String>,
@@ -343,6 +346,16 @@ pub fn plan_request(
             PromptTruncation::Chunked
         }
     };
+    if prompt_truncation == PromptTruncation::Chunked {
+        for (field, text) in [("prompt", Some(prompt.as_str())), ("negative_prompt", request.negative_prompt.as_deref())] {
+            if let Some(weight) = text.into_iter().flat_map(crate::tokenizer::parse_weighted_prompt).map(|s| s.weight).find(|w| !(w.is_finite() && w.abs() <= MAX_EMPHASIS_WEIGHT)) {
+                errors.push(FieldError::new(
+                    field,
+                    format!("emphasis weight {weight} is out of range: (text:weight) takes a finite weight within ±{MAX_EMPHASIS_WEIGHT}"),
+                ));
+            }
+        }
+    }
 
     let size = [height, width];
     let mut micro = MicroConditioning { original_size: size, crops_coords_top_left: [0, 0], target_size: size };

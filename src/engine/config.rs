@@ -88,7 +88,12 @@ impl EngineConfig {
         let spec = self.device.trim().to_ascii_lowercase();
         match spec.as_str() {
             "cpu" => Ok(Device::Cpu),
-            "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+            "auto" => {
+                crate::engine::memory::before_opening_cuda();
+                let device = Device::cuda_if_available(0).unwrap_or(Device::Cpu);
+                crate::engine::memory::configure_device(&device)?;
+                Ok(device)
+            }
             _ => {
                 let ordinal = match spec.strip_prefix("cuda") {
                     Some("") => 0,
@@ -101,7 +106,10 @@ impl EngineConfig {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(Error::Device(format!("device '{}' asked for, but this build has no CUDA support", self.device)));
                 }
-                Device::new_cuda(ordinal).map_err(|e| Error::Device(format!("cannot open {}: {e}", self.device)))
+                crate::engine::memory::before_opening_cuda();
+                let device = Device::new_cuda(ordinal).map_err(|e| Error::Device(format!("cannot open {}: {e}", self.device)))?;
+                crate::engine::memory::configure_device(&device)?;
+                Ok(device)
             }
         }
     }

@@ -64,14 +64,77 @@ pub fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / GIB)
 }
 
-/// (free, total) bytes of a CUDA device; None on CPU.
+/// (free, total) bytes of a CUDA device; None on CPU. Free counts the blocks our memory pool
+/// holds but no tensor uses (see [`configure_device`]): they are ours to allocate.
 pub fn device_memory(device: &candle_core::Device) -> Option<(u64, u64)> {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(cuda) = device {
-        return cuda.cuda_stream().context().mem_get_info().ok().map(|(free, total)| (free as u64, total as u64));
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        let pooled_unused = pool_attribute(cuda, PoolAttribute::Reserved).unwrap_or(0).saturating_sub(pool_attribute(cuda, PoolAttribute::Used).unwrap_or(0));
+        return Some((free as u64 + pooled_unused, total as u64));
     }
     let _ = device;
     None
+}
+
+/// Prepares a device the engine opens: on CUDA, the memory pool below, and candle's PTX
+/// kernels compiled in parallel now (`cuda::compile_candle_kernels`) rather than one by one
+/// inside the first request. Call [`before_opening_cuda`] before the device is created.
+///
+/// The memory pool: keep the blocks tensors free instead of returning
+/// them to the driver at every synchronisation (its default release threshold is 0, and the
+/// engine synchronises after every denoising step): each step then reuses the previous step's
+/// memory instead of mapping it again. Blocks go back to the driver when a model is evicted or
+/// a request runs out of memory ([`release_device_memory`]).
+pub fn configure_device(device: &candle_core::Device) -> crate::error::Result<()> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(cuda) = device {
+        use candle_core::cuda_backend::cudarc::driver::{result, sys};
+        let context = cuda.cuda_stream().context().clone();
+        context.bind_to_thread().map_err(|e| crate::error::Error::Device(e.to_string()))?;
+        let compile_time = crate::cuda::compile_candle_kernels(cuda).map_err(|e| crate::error::Error::Device(e.to_string()))?;
+        tracing::info!(seconds = compile_time.as_secs_f64(), "candle's CUDA kernels ready");
+        let mut threshold = u64::MAX;
+        // SAFETY: the pool belongs to the live context's device; the attribute is a u64.
+        unsafe {
+            let pool = result::device::get_default_mem_pool(context.cu_device()).map_err(|e| crate::error::Error::Device(e.to_string()))?;
+            result::mem_pool::set_attribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut threshold as *mut u64 as *mut _)
+                .map_err(|e| crate::error::Error::Device(format!("memory pool release threshold: {e}")))?;
+        }
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// Settings CUDA reads when it initialises (the driver's kernel cache size).
+pub fn before_opening_cuda() {
+    #[cfg(feature = "cuda")]
+    crate::cuda::enlarge_driver_cache();
+}
+
+#[cfg(feature = "cuda")]
+#[derive(Clone, Copy)]
+enum PoolAttribute {
+    Reserved,
+    Used,
+}
+
+#[cfg(feature = "cuda")]
+fn pool_attribute(cuda: &candle_core::CudaDevice, attribute: PoolAttribute) -> Option<u64> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let context = cuda.cuda_stream().context().clone();
+    context.bind_to_thread().ok()?;
+    let attribute = match attribute {
+        PoolAttribute::Reserved => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+        PoolAttribute::Used => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+    };
+    let mut value = 0u64;
+    // SAFETY: as in configure_device; these attributes are u64 (cuuint64_t).
+    unsafe {
+        let pool = result::device::get_default_mem_pool(context.cu_device()).ok()?;
+        result::mem_pool::get_attribute(pool, attribute, &mut value as *mut u64 as *mut _).ok()?;
+    }
+    Some(value)
 }
 
 /// After a request fails for lack of device memory: waits for the work the failed request
@@ -97,7 +160,8 @@ pub fn release_device_memory(device: &candle_core::Device) -> crate::error::Resu
     Ok(None)
 }
 
-/// Memory in use now: device memory on CUDA, this process's resident set on CPU.
+/// Memory in use now: device memory on CUDA (cached pool blocks excluded), this process's
+/// resident set on CPU.
 pub fn memory_in_use(device: &candle_core::Device) -> u64 {
     if let Some((free, total)) = device_memory(device) {
         return total.saturating_sub(free);

@@ -2,13 +2,14 @@
 //! image into a latent distribution and the decoder that turns latents into pixels.
 
 use candle_core::Tensor;
-use candle_nn::{GroupNorm, Linear, Module, VarBuilder};
+use candle_nn::{Linear, Module, VarBuilder};
 use serde::Deserialize;
 
 use super::attention::multi_head_attention;
 use super::patchable::PatchableConv2d;
 use super::resnet::{conv1x1, conv3x3, Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::error::{Error, Result};
+use crate::ops::GroupNorm;
 
 /// `vae/config.json`; defaults are SDXL's VAE.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -79,7 +80,7 @@ struct VaeAttention {
 impl VaeAttention {
     fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self {
-            group_norm: candle_nn::group_norm(groups, channels, VAE_EPS, vb.pp("group_norm"))?,
+            group_norm: GroupNorm::new(groups, channels, VAE_EPS, vb.pp("group_norm"))?,
             to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
             to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
             to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
@@ -163,7 +164,7 @@ impl Encoder {
             conv_in: conv3x3(vb.pp("conv_in"), config.in_channels, channels[0], 1, 1)?,
             down_blocks,
             mid_block: VaeMidBlock::new(vb.pp("mid_block"), last, groups, config.mid_block_add_attention)?,
-            conv_norm_out: candle_nn::group_norm(groups, last, VAE_EPS, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(groups, last, VAE_EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(vb.pp("conv_out"), last, 2 * config.latent_channels, 1, 1)?,
         })
     }
@@ -179,7 +180,7 @@ impl Encoder {
             }
         }
         hidden = self.mid_block.forward(&hidden)?;
-        Ok(self.conv_out.forward(&self.conv_norm_out.forward(&hidden)?.silu()?)?)
+        Ok(self.conv_out.forward(&self.conv_norm_out.forward_silu(&hidden)?)?)
     }
 }
 
@@ -219,7 +220,7 @@ impl Decoder {
             conv_in: conv3x3(vb.pp("conv_in"), config.latent_channels, reversed[0], 1, 1)?,
             mid_block: VaeMidBlock::new(vb.pp("mid_block"), reversed[0], groups, config.mid_block_add_attention)?,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(groups, first, VAE_EPS, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(groups, first, VAE_EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(vb.pp("conv_out"), first, config.out_channels, 1, 1)?,
         })
     }
@@ -234,7 +235,7 @@ impl Decoder {
                 hidden = upsampler.forward(&hidden, None)?;
             }
         }
-        Ok(self.conv_out.forward(&self.conv_norm_out.forward(&hidden)?.silu()?)?)
+        Ok(self.conv_out.forward(&self.conv_norm_out.forward_silu(&hidden)?)?)
     }
 }
 

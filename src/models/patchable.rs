@@ -17,6 +17,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
+use crate::ops::profile::{self, Category};
 
 /// One layer's weight: the loaded tensor and the one forward passes use now.
 pub struct PatchableWeight {
@@ -216,7 +217,7 @@ impl PatchableLinear {
 impl Module for PatchableLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // Same kernels as candle's Linear: the wrapper only decides which weight it sees.
-        candle_nn::Linear::new(self.weight.forward_weight(), self.bias.clone()).forward(x)
+        crate::ops::linear(x, &self.weight.forward_weight(), self.bias.as_ref())
     }
 }
 
@@ -245,13 +246,28 @@ const IM2COL_BAND_BYTES: usize = 256 << 20;
 
 impl Module for PatchableConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_in_bands(x, IM2COL_BAND_BYTES)
+        let category = if self.config.stride == 1 && self.weight.original.dim(2)? == 1 { Category::Conv1x1 } else { Category::Conv3x3 };
+        profile::timed(category, x.device(), || self.forward_in_bands(x, IM2COL_BAND_BYTES))
     }
 }
 
 impl PatchableConv2d {
+    /// The weight forward passes use now.
+    pub fn weight_tensor(&self) -> Tensor {
+        self.weight.forward_weight()
+    }
+
+    pub fn bias_tensor(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     fn forward_in_bands(&self, x: &Tensor, band_bytes: usize) -> candle_core::Result<Tensor> {
         let weight = self.weight.forward_weight();
+        if let (Some(bias), 1, 1) = (&self.bias, self.config.dilation, self.config.groups) {
+            if let Some(result) = crate::ops::cudnn_conv2d(x, &weight, bias, self.config.padding, self.config.stride) {
+                return result;
+            }
+        }
         let conv = |config: Conv2dConfig, input: &Tensor| candle_nn::Conv2d::new(weight.clone(), self.bias.clone(), config).forward(input);
         let (batch, in_channels, height, width) = x.dims4()?;
         let kernel = weight.dim(2)?;

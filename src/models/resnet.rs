@@ -2,11 +2,12 @@
 //! `downsampling.py`, `upsampling.py`), shared by the UNet and the VAE.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2dConfig, GroupNorm, Module, VarBuilder};
+use candle_nn::{Conv2dConfig, Module, VarBuilder};
 
 use super::patchable::{self, PatchableConv2d, PatchableLinear};
 
 use crate::error::Result;
+use crate::ops::GroupNorm;
 
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
@@ -37,13 +38,13 @@ impl ResnetBlock2D {
         eps: f64,
     ) -> Result<Self> {
         Ok(Self {
-            norm1: candle_nn::group_norm(groups, in_channels, eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(groups, in_channels, eps, vb.pp("norm1"))?,
             conv1: conv3x3(vb.pp("conv1"), in_channels, out_channels, 1, 1)?,
             time_emb_proj: match temb_channels {
                 Some(t) => Some(patchable::linear(t, out_channels, vb.pp("time_emb_proj"))?),
                 None => None,
             },
-            norm2: candle_nn::group_norm(groups, out_channels, eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(groups, out_channels, eps, vb.pp("norm2"))?,
             conv2: conv3x3(vb.pp("conv2"), out_channels, out_channels, 1, 1)?,
             conv_shortcut: if in_channels != out_channels {
                 Some(conv1x1(vb.pp("conv_shortcut"), in_channels, out_channels)?)
@@ -54,12 +55,12 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, input: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let mut hidden = self.conv1.forward(&self.norm1.forward(input)?.silu()?)?;
+        let mut hidden = self.conv1.forward(&self.norm1.forward_silu(input)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let time = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
             hidden = hidden.broadcast_add(&time)?;
         }
-        let hidden = self.conv2.forward(&self.norm2.forward(&hidden)?.silu()?)?;
+        let hidden = self.conv2.forward(&self.norm2.forward_silu(&hidden)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(input)?,
             None => input.clone(),

@@ -1,12 +1,12 @@
 //! `Transformer2DModel` with `BasicTransformerBlock`s (diffusers `transformer_2d.py`,
 //! `attention.py`): self-attention, cross-attention on the text embeddings, GEGLU feed-forward.
 
-use candle_core::{Tensor, D};
-use candle_nn::{GroupNorm, LayerNorm, Module, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::{LayerNorm, Module, VarBuilder};
 
-use super::attention::multi_head_attention;
 use super::patchable::{self, PatchableConv2d, PatchableLinear};
 use crate::error::Result;
+use crate::ops::{self, profile, GroupNorm};
 
 /// diffusers `Attention` as the UNet uses it: bias-free q/k/v, biased output projection.
 pub struct Attention {
@@ -34,7 +34,7 @@ impl Attention {
         let q = self.to_q.forward(hidden)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
-        let out = multi_head_attention(&q, &k, &v, self.heads, None)?;
+        let out = ops::attention(&q, &k, &v, self.heads)?;
         Ok(self.to_out.forward(&out)?)
     }
 }
@@ -55,10 +55,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let projected = self.geglu_proj.forward(x)?;
-        let halves = projected.chunk(2, D::Minus1)?;
-        // diffusers' GELU here is the exact (erf) one, not the tanh approximation.
-        let gated = (&halves[0] * halves[1].gelu_erf()?)?;
+        let gated = ops::geglu(&self.geglu_proj.forward(x)?)?;
         Ok(self.out.forward(&gated)?)
     }
 }
@@ -85,9 +82,9 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(context))? + &x)?;
-        Ok((self.ff.forward(&self.norm3.forward(&x)?)? + &x)?)
+        let x = (self.attn1.forward(&ops::layer_norm(&self.norm1, x)?, None)? + x)?;
+        let x = (self.attn2.forward(&ops::layer_norm(&self.norm2, &x)?, Some(context))? + &x)?;
+        Ok((self.ff.forward(&ops::layer_norm(&self.norm3, &x)?)? + &x)?)
     }
 }
 
@@ -130,7 +127,7 @@ impl Transformer2DModel {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            norm: candle_nn::group_norm(config.groups, channels, 1e-6, vb.pp("norm"))?,
+            norm: GroupNorm::new(config.groups, channels, 1e-6, vb.pp("norm"))?,
             proj_in: projection("proj_in", channels, inner)?,
             blocks,
             proj_out: projection("proj_out", inner, channels)?,
@@ -142,7 +139,7 @@ impl Transformer2DModel {
         let normed = self.norm.forward(input)?;
         let to_tokens = |x: &Tensor| -> Result<Tensor> {
             let c = x.dim(1)?;
-            Ok(x.permute((0, 2, 3, 1))?.reshape((batch, height * width, c))?)
+            profile::timed(profile::Category::Layout, x.device(), || Ok(x.permute((0, 2, 3, 1))?.reshape((batch, height * width, c))?))
         };
         let mut tokens = match &self.proj_in {
             Projection::Linear(proj) => proj.forward(&to_tokens(&normed)?)?,
@@ -153,7 +150,7 @@ impl Transformer2DModel {
         }
         let to_image = |x: &Tensor| -> Result<Tensor> {
             let c = x.dim(2)?;
-            Ok(x.reshape((batch, height, width, c))?.permute((0, 3, 1, 2))?.contiguous()?)
+            profile::timed(profile::Category::Layout, x.device(), || Ok(x.reshape((batch, height, width, c))?.permute((0, 3, 1, 2))?.contiguous()?))
         };
         let output = match &self.proj_out {
             Projection::Linear(proj) => to_image(&proj.forward(&tokens)?)?,

@@ -4,7 +4,7 @@
 //! residuals (ControlNet) added to the skips and the mid block.
 
 use candle_core::{DType, Tensor};
-use candle_nn::{GroupNorm, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 use serde::Deserialize;
 
 use super::embeddings::{timestep_features, TimestepEmbedding};
@@ -12,6 +12,7 @@ use super::patchable::PatchableConv2d;
 use super::resnet::conv3x3;
 use super::unet_blocks::{AttentionSpec, BlockSpec, DownBlock, MidBlock, UpBlock};
 use crate::error::{Error, Result};
+use crate::ops::GroupNorm;
 
 /// A config value diffusers lets be a scalar or one value per block.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -247,7 +248,7 @@ impl UNet2DConditionModel {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(vb.pp("conv_out"), channels[0], config.out_channels, 1, 1)?,
         })
     }
@@ -320,7 +321,7 @@ impl UNet2DConditionModel {
             let mut block_skips = skips.split_off(remaining);
             hidden = block.forward(&hidden, &mut block_skips, &emb, context, upsample_size)?;
         }
-        let hidden = self.conv_norm_out.forward(&hidden)?.silu()?;
+        let hidden = self.conv_norm_out.forward_silu(&hidden)?;
         Ok(self.conv_out.forward(&hidden)?)
     }
 }

@@ -5,7 +5,10 @@
 //! `gpu_bench bench [steps]`: full-size SDXL (random weights drawn on the GPU, no files):
 //! text encode, one UNet step (CFG batch 2) at 1024², VAE decode 1024², a whole 1024²
 //! generation, first-request latency. `gpu_bench compare DIR`: full-size parity with the
-//! random SDXL diffusers_bench.py saved. Prints one JSON object per line.
+//! random SDXL diffusers_bench.py saved. `gpu_bench kernels`: each fused CUDA kernel against the
+//! plain candle path on random inputs at SDXL's shapes (error and time). `gpu_bench profile`:
+//! one UNet step and one VAE decode, fused kernels on and off, timed and broken down by kind
+//! of op. Prints one JSON object per line.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -205,8 +208,189 @@ fn offload(device: &Device, cpu_offload: bool) -> sdxl::Result<()> {
     Ok(())
 }
 
+/// Median of `runs` timed calls of `f` (after two warm-up calls), in milliseconds.
+fn median_ms(device: &Device, runs: usize, mut f: impl FnMut() -> sdxl::Result<Tensor>) -> sdxl::Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        drop(f()?);
+        times.push(seconds_since(start, device)? * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// ‖a − b‖ / ‖b‖ and max |a − b| in float32.
+fn errors(fused: &Tensor, plain: &Tensor) -> sdxl::Result<(f32, f32)> {
+    let (a, b) = (fused.to_dtype(DType::F32)?, plain.to_dtype(DType::F32)?);
+    let diff = (&a - &b)?;
+    let relative = (diff.sqr()?.sum_all()?.sqrt()? / b.sqr()?.sum_all()?.sqrt()?)?.to_scalar::<f32>()?;
+    let max_abs = diff.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    Ok((relative, max_abs))
+}
+
+/// Runs `f` with the fused kernels and with candle's plain ops; prints error and both times.
+fn compare_kernel(device: &Device, what: &str, f: impl Fn() -> sdxl::Result<Tensor>) -> sdxl::Result<()> {
+    sdxl::ops::set_fused_kernels(true);
+    let fused = f()?;
+    let fused_ms = median_ms(device, 20, &f)?;
+    sdxl::ops::set_fused_kernels(false);
+    let plain = f()?;
+    let plain_ms = median_ms(device, 20, &f)?;
+    sdxl::ops::set_fused_kernels(true);
+    let (relative, max_abs) = errors(&fused, &plain)?;
+    let finite = fused.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?.is_finite();
+    println!("{}", json!({"kind": "kernel", "op": what, "dtype": format!("{:?}", fused.dtype()), "relative_l2_vs_plain": relative, "max_abs_vs_plain": max_abs,
+        "finite": finite, "fused_ms": fused_ms, "plain_ms": plain_ms}));
+    Ok(())
+}
+
+/// Each fused kernel against candle's plain path, on fresh random inputs at SDXL's shapes
+/// (and awkward ones: token counts that are not multiples of the kernels' tiles).
+fn kernels(device: &Device) -> sdxl::Result<()> {
+    let randn = |shape: &[usize], dtype: DType| -> sdxl::Result<Tensor> { Ok(Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)?) };
+    for (shape, groups, dtype, eps) in [
+        (vec![2, 320, 128, 128], 32, DType::F16, 1e-5),
+        (vec![2, 1280, 32, 32], 32, DType::F16, 1e-5),
+        (vec![2, 640, 64, 64], 32, DType::BF16, 1e-5),
+        (vec![1, 128, 1024, 1024], 32, DType::F32, 1e-6),
+        (vec![1, 512, 128, 128], 32, DType::F32, 1e-6),
+        (vec![3, 24, 7, 5], 8, DType::F16, 1e-5),
+    ] {
+        let channels = shape[1];
+        // Shifted input: a mean far from 0 is what breaks a naive E[x²] − E[x]² variance.
+        let x = randn(&shape, DType::F32)?.affine(3.0, 5.0)?.to_dtype(dtype)?;
+        let mut tensors = std::collections::HashMap::new();
+        tensors.insert("weight".to_string(), randn(&[channels], DType::F32)?.affine(0.1, 1.0)?);
+        tensors.insert("bias".to_string(), (randn(&[channels], DType::F32)? * 0.1)?);
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
+        let norm = sdxl::ops::GroupNorm::new(groups, channels, eps, vb)?;
+        compare_kernel(device, &format!("group_norm_silu {shape:?}"), || norm.forward_silu(&x))?;
+        compare_kernel(device, &format!("group_norm {shape:?}"), || norm.forward(&x))?;
+    }
+    for (batch, q_len, kv_len, heads, dtype) in [
+        (2, 4096, 4096, 10, DType::F16),
+        (2, 1024, 1024, 20, DType::F16),
+        (2, 4096, 77, 10, DType::F16),
+        (2, 1024, 77, 20, DType::F16),
+        (1, 100, 77, 3, DType::F16),
+        (2, 1030, 129, 4, DType::BF16),
+    ] {
+        let q = randn(&[batch, q_len, heads * 64], dtype)?;
+        let k = randn(&[batch, kv_len, heads * 64], dtype)?;
+        let v = randn(&[batch, kv_len, heads * 64], dtype)?;
+        compare_kernel(device, &format!("attention b{batch} q{q_len} kv{kv_len} h{heads}"), || sdxl::ops::attention(&q, &k, &v, heads))?;
+    }
+    for (input, out_channels, kernel, stride, dtype) in [
+        (vec![2, 320, 128, 128], 320, 3, 1, DType::F16),
+        (vec![2, 640, 64, 64], 640, 3, 1, DType::F16),
+        (vec![2, 2560, 32, 32], 1280, 3, 1, DType::F16),
+        (vec![2, 640, 64, 64], 320, 1, 1, DType::F16),
+        (vec![2, 320, 128, 128], 320, 3, 2, DType::F16),
+        (vec![2, 4, 128, 128], 320, 3, 1, DType::F16),
+        (vec![1, 128, 1024, 1024], 128, 3, 1, DType::F32),
+        (vec![1, 512, 128, 128], 512, 3, 1, DType::F32),
+        (vec![1, 256, 512, 512], 128, 1, 1, DType::F32),
+        (vec![3, 5, 9, 7], 6, 3, 1, DType::BF16),
+    ] {
+        let in_channels = input[1];
+        let mut tensors = std::collections::HashMap::new();
+        let fan_in = (in_channels * kernel * kernel) as f64;
+        tensors.insert("weight".to_string(), (randn(&[out_channels, in_channels, kernel, kernel], DType::F32)? / fan_in.sqrt())?);
+        tensors.insert("bias".to_string(), (randn(&[out_channels], DType::F32)? * 0.1)?);
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
+        let config = candle_nn::Conv2dConfig { padding: kernel / 2, stride, ..Default::default() };
+        let conv = sdxl::models::patchable::conv2d(in_channels, out_channels, kernel, config, vb)?;
+        let x = randn(&input, dtype)?;
+        compare_kernel(device, &format!("conv{kernel}x{kernel}/{stride} {input:?} -> {out_channels}"), || Ok(candle_core::Module::forward(&conv, &x)?))?;
+        // candle's own half-precision convolution accumulates in half precision: measure ours
+        // against float32 math on the same (rounded) inputs instead.
+        if dtype != DType::F32 {
+            let fused = candle_core::Module::forward(&conv, &x)?;
+            sdxl::ops::set_fused_kernels(false);
+            let weight = conv.weight_tensor().to_dtype(DType::F32)?;
+            let bias = conv.bias_tensor().map(|b| b.to_dtype(DType::F32)).transpose()?;
+            let reference = x.to_dtype(DType::F32)?.conv2d(&weight, kernel / 2, stride, 1, 1)?;
+            let reference = match bias {
+                Some(bias) => reference.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?)?,
+                None => reference,
+            };
+            sdxl::ops::set_fused_kernels(true);
+            let (relative, max_abs) = errors(&fused, &reference)?;
+            println!("{}", json!({"kind": "kernel_vs_f32", "op": format!("conv{kernel}x{kernel}/{stride} {input:?} -> {out_channels}"), "dtype": format!("{dtype:?}"), "relative_l2_vs_f32": relative, "max_abs_vs_f32": max_abs}));
+        }
+    }
+    for (rows, inner, out, dtype) in [(2048, 1280, 1280, DType::F16), (2048, 1280, 10240, DType::F16), (2048, 5120, 1280, DType::F16), (8192, 640, 640, DType::F16), (8192, 640, 5120, DType::F16), (8192, 2560, 640, DType::F16), (154, 2048, 1280, DType::F16), (78, 9, 5, DType::BF16)] {
+        let x = randn(&[2, rows / 2, inner], dtype)?;
+        let weight = (randn(&[out, inner], DType::F32)? / (inner as f64).sqrt())?.to_dtype(dtype)?;
+        let bias = randn(&[out], dtype)?;
+        compare_kernel(device, &format!("linear [{rows}, {inner}] -> {out}"), || Ok(sdxl::ops::linear(&x, &weight, Some(&bias))?))?;
+        let flat = x.reshape((rows, inner))?;
+        let gemm_ms = median_ms(device, 20, || Ok(flat.matmul(&weight.t()?)?))?;
+        println!("{}", json!({"kind": "gemm_only", "op": format!("candle matmul [{rows}, {inner}] x [{inner}, {out}]"), "ms": gemm_ms, "tflops": 2.0 * (rows * inner * out) as f64 / gemm_ms / 1e9}));
+    }
+    for (shape, dtype) in [(vec![2, 4096, 2 * 2560], DType::F16), (vec![2, 1024, 2 * 5120], DType::F16), (vec![3, 7, 2 * 9], DType::BF16)] {
+        let x = randn(&shape, dtype)?;
+        compare_kernel(device, &format!("geglu {shape:?}"), || sdxl::ops::geglu(&x))?;
+    }
+    Ok(())
+}
+
+/// One UNet step (CFG batch 2, 1024²) and one VAE decode (1024², float32), with the fused
+/// kernels and without: median times, the host's enqueue time (how long the CPU takes to
+/// launch the step: if it is close to the step time, the step is launch-bound), and the time by
+/// kind of op.
+fn profile(device: &Device) -> sdxl::Result<()> {
+    let options = LoadOptions { device, dtype: DType::F16, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
+    let model = loader::load_sdxl_random(&options)?;
+    let latents = Tensor::randn(0f32, 1.0, (2, 4, 128, 128), device)?.to_dtype(DType::F16)?;
+    let context = Tensor::randn(0f32, 1.0, (2, 77, 2048), device)?.to_dtype(DType::F16)?;
+    let pooled = Tensor::randn(0f32, 1.0, (2, 1280), device)?.to_dtype(DType::F16)?;
+    let time_ids = Tensor::new(&[[1024f32, 1024., 0., 0., 1024., 1024.], [1024., 1024., 0., 0., 1024., 1024.]], device)?;
+    let cond = UNetConditioning { encoder_hidden_states: &context, text_embeds: &pooled, time_ids: &time_ids };
+    let vae_latent = Tensor::randn(0f32, 1.0, (1, 4, 128, 128), device)?;
+    let vae = model.vae.on_device()?;
+    let mut outputs = Vec::new();
+    for fused in [true, false] {
+        sdxl::ops::set_fused_kernels(fused);
+        let unet_ms = median_ms(device, 6, || Ok(model.unet.forward(&latents, 500.0, &cond)?))?;
+        device.synchronize()?;
+        let start = Instant::now();
+        let out = model.unet.forward(&latents, 500.0, &cond)?;
+        let enqueue_ms = start.elapsed().as_secs_f64() * 1000.0;
+        device.synchronize()?;
+        outputs.push(out.to_dtype(DType::F32)?);
+        let vae_ms = median_ms(device, 3, || Ok(vae.decode(&vae_latent)?))?;
+        println!("{}", json!({"kind": "profile_times", "fused_kernels": fused, "unet_step_ms": unet_ms, "unet_enqueue_ms": enqueue_ms, "vae_decode_ms": vae_ms}));
+        for (what, run) in [("unet_step", 0), ("vae_decode", 1)] {
+            sdxl::ops::profile::enable(true);
+            let start = Instant::now();
+            if run == 0 {
+                model.unet.forward(&latents, 500.0, &cond)?;
+            } else {
+                vae.decode(&vae_latent)?;
+            }
+            let total = seconds_since(start, device)? * 1000.0;
+            let report = sdxl::ops::profile::report();
+            sdxl::ops::profile::enable(false);
+            let timed: f64 = report.iter().map(|(_, _, t)| t.as_secs_f64() * 1000.0).sum();
+            let rows: Vec<_> = report.iter().map(|(c, n, t)| json!({"op": c.name(), "calls": n, "ms": t.as_secs_f64() * 1000.0})).collect();
+            println!("{}", json!({"kind": "profile", "fused_kernels": fused, "pass": what, "total_ms_synchronised": total, "other_ms": total - timed, "ops": rows}));
+        }
+    }
+    sdxl::ops::set_fused_kernels(true);
+    let (relative, max_abs) = errors(&outputs[0], &outputs[1])?;
+    println!("{}", json!({"kind": "unet_fused_vs_plain", "relative_l2": relative, "max_abs": max_abs}));
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    sdxl::engine::memory::before_opening_cuda();
+    let opened = Instant::now();
     let device = match Device::new_cuda(0) {
         Ok(device) => device,
         Err(err) => {
@@ -214,14 +398,22 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // As the engine does for every CUDA device it opens.
+    if let Err(err) = sdxl::engine::memory::configure_device(&device) {
+        eprintln!("gpu_bench: {err}");
+        std::process::exit(2);
+    }
+    println!("{}", json!({"kind": "device_ready_s", "value": opened.elapsed().as_secs_f64(), "note": "includes compiling candle's PTX (cached by the driver after the first run on a machine)"}));
     let result = match args.get(1).map(String::as_str) {
         Some("parity") => parity(&device),
         Some("bench") => bench(&device, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)),
         Some("oom") => oom(&device),
         Some("offload") => offload(&device, args.get(2).map(String::as_str) == Some("on")),
+        Some("kernels") => kernels(&device),
+        Some("profile") => profile(&device),
         Some("compare") => compare(&device, std::path::Path::new(args.get(2).map(String::as_str).unwrap_or("/tmp/sdxl-random"))),
         _ => {
-            eprintln!("usage: gpu_bench parity | bench [steps] | compare DIR | oom | offload on|off");
+            eprintln!("usage: gpu_bench parity | bench [steps] | kernels | profile | compare DIR | oom | offload on|off");
             std::process::exit(2);
         }
     };

@@ -6,6 +6,8 @@
 #   run_on_device.sh compare   full-size parity with diffusers on the same random weights
 #   run_on_device.sh oom       admission refusal, real CUDA out-of-memory and recovery
 #   run_on_device.sh offload   1024² with and without precision.cpu_offload: peak memory, times, same image
+#   run_on_device.sh kernels   each fused CUDA kernel / the cuDNN convolution against candle's plain path
+#   run_on_device.sh profile   one UNet step and one VAE decode by kind of op, fused kernels on and off
 # Results go to $OUT (JSON lines), one file per part.
 set -uo pipefail
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
@@ -53,6 +55,12 @@ for model in ('tiny-', ''):
         d = np.abs(np.asarray(I.open(x)).astype(int) - np.asarray(I.open(y)).astype(int))
         print(model or 'sdxl-random (different random weights: not comparable) ', 'resident vs offloaded', x.split('/')[-1], 'uint8 max diff', d.max())
 " | tee "$OUT/offload_images.txt"
+    ;;
+kernels)
+    .dev/gpu/gpu_bench kernels > "$OUT/kernels.jsonl" 2> "$OUT/kernels.err"; echo "kernels rc=$?"
+    ;;
+profile)
+    .dev/gpu/gpu_bench profile > "$OUT/profile.jsonl" 2> "$OUT/profile.err"; echo "profile rc=$?"
     ;;
 oom)
     sampler=$(sample_memory "$OUT/mem_oom.csv")

@@ -14,8 +14,7 @@ if [ ! -x "$ROOT/nvidia/cu13/bin/nvcc" ]; then
         "nvidia-cuda-nvcc==${CUDA_VERSION_PIN}.*" "nvidia-cuda-crt==${CUDA_VERSION_PIN}.*" \
         "nvidia-nvvm==${CUDA_VERSION_PIN}.*" "nvidia-cuda-runtime==${CUDA_VERSION_PIN}.*" \
         "nvidia-cuda-cccl==${CUDA_VERSION_PIN}.*" \
-        "nvidia-cuda-nvrtc==${CUDA_VERSION_PIN}.*" "nvidia-cublas==${CUDA_VERSION_PIN}.*" "nvidia-curand" \
-        ${SDXL_CUDNN:+"nvidia-cudnn-cu13"}
+        "nvidia-cuda-nvrtc==${CUDA_VERSION_PIN}.*" "nvidia-cublas==${CUDA_VERSION_PIN}.*" "nvidia-curand"
     for wheel in "$ROOT"/wheels/*.whl; do
         python3 -m zipfile -e "$wheel" "$ROOT"
     done
@@ -34,6 +33,20 @@ if [ ! -x "$ROOT/nvidia/cu13/bin/nvcc" ]; then
         [ -e "$base" ] || ln -sf "$(basename "$lib")" "$base"
     done
     shopt -u nullglob
+fi
+# cuDNN (the default build's convolutions, see build.sh): its own wheel, also fetched into a
+# toolkit assembled before cuDNN became the default. Skipped with SDXL_NO_CUDNN=1.
+if [ -z "${SDXL_NO_CUDNN:-}" ] && [ ! -e "$ROOT/nvidia/cudnn/lib/libcudnn.so" ]; then
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+        --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+        -d "$ROOT/wheels" "nvidia-cudnn-cu13==9.*"
+    for wheel in "$ROOT"/wheels/nvidia_cudnn*.whl; do
+        python3 -m zipfile -e "$wheel" "$ROOT"
+    done
+    for lib in "$ROOT"/nvidia/cudnn/lib/lib*.so.*; do
+        base="${lib%%.so.*}.so"
+        [ -e "$base" ] || ln -sf "$(basename "$lib")" "$base"
+    done
 fi
 export CUDA_HOME="$ROOT/nvidia/cu13"
 export CUDA_PATH="$CUDA_HOME"
