@@ -33,6 +33,10 @@ pub enum Error {
     Io(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// Request fields asking for a feature this build does not have, by JSON path; the same
+    /// code as `Unsupported`.
+    #[error("unsupported: {}", .0.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
+    UnsupportedFeatures(Vec<FieldError>),
     /// A bug: a panic caught at the ABI boundary or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -66,7 +70,7 @@ impl Error {
             Error::Cancelled => -9,
             Error::Timeout(_) => -10,
             Error::Io(_) => -11,
-            Error::Unsupported(_) => -12,
+            Error::Unsupported(_) | Error::UnsupportedFeatures(_) => -12,
             Error::Internal(_) => -13,
         }
     }
@@ -85,14 +89,14 @@ impl Error {
             Error::Cancelled => "CANCELLED",
             Error::Timeout(_) => "TIMEOUT",
             Error::Io(_) => "IO_ERROR",
-            Error::Unsupported(_) => "UNSUPPORTED",
+            Error::Unsupported(_) | Error::UnsupportedFeatures(_) => "UNSUPPORTED",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
 
     pub fn field_errors(&self) -> &[FieldError] {
         match self {
-            Error::Validation(fields) => fields,
+            Error::Validation(fields) | Error::UnsupportedFeatures(fields) => fields,
             _ => &[],
         }
     }

@@ -455,3 +455,30 @@ fn emphasis_weights_must_be_finite_and_bounded() {
     assert!(plan(&deep, None).is_err(), "1.1^1000 overflows");
     assert!(plan("a (cat:1.5) [dog] (bird:-0.5)", Some("(blurry:2)")).is_ok());
 }
+
+#[test]
+fn controlnet_and_upscale_are_typed_and_reject_unknown_fields() {
+    let parse = |extra: Value| {
+        let mut request = json!({"prompt": "p", "models": {"base": "m"}});
+        for (key, value) in extra.as_object().unwrap() {
+            request[key] = value.clone();
+        }
+        parse_request(request)
+    };
+    for (what, extra, path) in [
+        ("string for a bool", json!({"controlnet": {"enabled": "true"}}), "controlnet.enabled"),
+        ("misspelt key", json!({"controlnet": {"enabled": true, "conditioning_sclae": 0.5}}), "conditioning_sclae"),
+        ("misspelt key in an array entry", json!({"controlnet": [{"enabled": false}, {"contol_image": "x.png"}]}), "contol_image"),
+        ("preprocessor threshold as text", json!({"controlnet": {"preprocessor": {"low_threshold": "low"}}}), "low_threshold"),
+        ("upscale string for a bool", json!({"output": {"upscale": {"enabled": "yes"}}}), "output.upscale.enabled"),
+        ("upscale misspelt key", json!({"output": {"upscale": {"enabled": false, "factr": 2}}}), "factr"),
+    ] {
+        let error = parse(extra).expect_err(what).to_string();
+        assert!(error.contains(path), "{what}: {error}");
+    }
+    // The seed's disabled objects and a full, disabled ControlNet list parse.
+    parse(json!({"controlnet": {"enabled": false}, "output": {"upscale": {"enabled": false}}})).expect("seed's disabled objects");
+    parse(json!({"controlnet": [{"enabled": false, "model": "cn", "type": "canny", "conditioning_scale": 0.7, "control_image": "e.png",
+        "guidance_start": 0.0, "guidance_end": 1.0, "preprocessor": {"enabled": true, "resolution": 512, "low_threshold": 100, "high_threshold": 200}}]}))
+    .expect("issue 13's full object");
+}

@@ -154,7 +154,7 @@ fn good_requests() -> Vec<(&'static str, Value)> {
         ("img2img", base(json!({"init_image": "in.png", "hyperparameters": {"strength": 0.3, "num_inference_steps": 10}}))),
         ("micro-conditioning", base(json!({"original_size": [4096, 4096], "crops_coords_top_left": [0, 128], "target_size": [1024, 1024]}))),
         ("rng and truncation", base(json!({"rng": "torch_cpu", "prompt_truncation": "diffusers"}))),
-        ("blank refiner and a VAE name", base(json!({"models": {"base": "b", "refiner": "", "vae": "madebyollin/sdxl-vae-fp16-fix"}}))),
+        ("blank refiner and blank VAE", base(json!({"models": {"base": "b", "refiner": "", "vae": " "}}))),
         ("unknown worker type is only a warning", base(json!({"worker_type": "gpu_worker_7"}))),
     ]
 }
@@ -293,6 +293,8 @@ fn features_a_build_may_lack_are_in_the_schema_and_refused_by_field() {
         ("controlnet", json!({"prompt": "a cat", "models": {"base": "m"}, "controlnet": {"enabled": true, "type": "canny", "conditioning_scale": 1.0, "control_image": "edges.png", "preprocessor": {"enabled": true, "resolution": 512}}})),
         ("output.upscale", json!({"prompt": "a cat", "models": {"base": "m"}, "output": {"upscale": {"enabled": true, "factor": 2, "method": "realesrgan"}}})),
         ("models.refiner", json!({"prompt": "a cat", "models": {"base": "m", "refiner": "sd_xl_refiner_1.0"}})),
+        ("models.vae", json!({"prompt": "a cat", "models": {"base": "m", "vae": "sdxl-vae-fp16-fix"}})),
+        ("controlnet[1]", json!({"prompt": "a cat", "models": {"base": "m"}, "controlnet": [{"enabled": false, "type": "depth"}, {"enabled": true, "type": "canny", "guidance_end": 0.5}]})),
     ];
     assert!(validator.is_valid(&base));
     for (field, request) in cases {
@@ -303,6 +305,7 @@ fn features_a_build_may_lack_are_in_the_schema_and_refused_by_field() {
             Err(error) => {
                 let fields: Vec<&str> = error.field_errors().iter().map(|f| f.field.as_str()).collect();
                 assert_eq!(fields, [field], "{request}: {error}");
+                assert_eq!(error.code_name(), "UNSUPPORTED", "a feature this build lacks is not a validation error: {error}");
             }
         }
     }

@@ -20,7 +20,8 @@ pub struct GenerationRequest {
     pub scheduler_options: Option<SchedulerOptions>,
     pub models: Option<Models>,
     pub lora: Option<LoraConfig>,
-    pub controlnet: Option<serde_json::Value>,
+    /// The seed's object, or an array of them (several ControlNets).
+    pub controlnet: Option<ControlNetSpec>,
     pub output: Option<OutputConfig>,
     pub batch: Option<BatchConfig>,
     pub precision: Option<PrecisionConfig>,
@@ -93,7 +94,81 @@ pub struct OutputConfig {
     pub format: Option<String>,
     pub quality: Option<i64>,
     pub save_path: Option<String>,
-    pub upscale: Option<serde_json::Value>,
+    pub upscale: Option<UpscaleConfig>,
+}
+
+/// `controlnet`: one object (the seed's shape) or an array of them. Deserialised by hand so
+/// a wrong field inside keeps its own error and path (an untagged enum would only say that
+/// nothing matched).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ControlNetSpec {
+    One(ControlNetConfig),
+    Many(Vec<ControlNetConfig>),
+}
+
+impl ControlNetSpec {
+    pub fn entries(&self) -> &[ControlNetConfig] {
+        match self {
+            ControlNetSpec::One(one) => std::slice::from_ref(one),
+            ControlNetSpec::Many(many) => many,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ControlNetSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SpecVisitor;
+        impl<'de> serde::de::Visitor<'de> for SpecVisitor {
+            type Value = ControlNetSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a ControlNet object or an array of them")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                ControlNetConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ControlNetSpec::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<ControlNetConfig>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(ControlNetSpec::Many)
+            }
+        }
+        deserializer.deserialize_any(SpecVisitor)
+    }
+}
+
+/// One ControlNet (the seed's controlnet_worker options, issue 13's contract).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlNetConfig {
+    pub enabled: Option<bool>,
+    pub model: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub conditioning_scale: Option<f64>,
+    pub control_image: Option<String>,
+    pub guidance_start: Option<f64>,
+    pub guidance_end: Option<f64>,
+    pub preprocessor: Option<PreprocessorConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessorConfig {
+    pub enabled: Option<bool>,
+    pub resolution: Option<i64>,
+    pub low_threshold: Option<f64>,
+    pub high_threshold: Option<f64>,
+}
+
+/// `output.upscale` (the seed's upscaler_worker options, issue 15's contract).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpscaleConfig {
+    pub enabled: Option<bool>,
+    pub factor: Option<i64>,
+    pub method: Option<String>,
+    pub model: Option<String>,
+    pub tile: Option<i64>,
+    pub tile_pad: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

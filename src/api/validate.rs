@@ -175,6 +175,9 @@ pub fn plan_request(
 ) -> Result<GenerationPlan> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
+    // Features this build does not have: answered UNSUPPORTED, unless the request also has
+    // real errors (then everything is listed under VALIDATION_ERROR).
+    let mut unsupported = Vec::new();
 
     let prompt = request.prompt.clone().unwrap_or_default();
     if prompt.trim().is_empty() {
@@ -187,7 +190,7 @@ pub fn plan_request(
         errors.push(FieldError::new("models.base", "Base model is required"));
     }
     if let Some(refiner) = models.refiner.as_deref().filter(|r| !r.trim().is_empty()) {
-        errors.push(FieldError::new(
+        unsupported.push(FieldError::new(
             "models.refiner",
             format!("the refiner ({refiner}) is not supported yet by this build"),
         ));
@@ -278,9 +281,16 @@ pub fn plan_request(
         }
     }
     if let Some(controlnet) = &request.controlnet {
-        if controlnet.get("enabled").and_then(|v| v.as_bool()).unwrap_or(false) {
-            errors.push(FieldError::new("controlnet", "ControlNet is not supported yet by this build"));
+        let many = matches!(controlnet, crate::api::request::ControlNetSpec::Many(_));
+        for (index, entry) in controlnet.entries().iter().enumerate() {
+            if entry.enabled.unwrap_or(false) {
+                let field = if many { format!("controlnet[{index}]") } else { "controlnet".to_string() };
+                unsupported.push(FieldError::new(field, "ControlNet is not supported yet by this build"));
+            }
         }
+    }
+    if let Some(vae) = models.vae.as_deref().filter(|v| !v.trim().is_empty()) {
+        unsupported.push(FieldError::new("models.vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
     }
 
     let output = request.output.clone().unwrap_or_default();
@@ -304,10 +314,8 @@ pub fn plan_request(
             PathBuf::new()
         }
     };
-    if let Some(upscale) = &output.upscale {
-        if upscale.get("enabled").and_then(|v| v.as_bool()).unwrap_or(false) {
-            errors.push(FieldError::new("output.upscale", "upscaling is not supported yet by this build"));
-        }
+    if output.upscale.as_ref().is_some_and(|upscale| upscale.enabled.unwrap_or(false)) {
+        unsupported.push(FieldError::new("output.upscale", "upscaling is not supported yet by this build"));
     }
 
     let batch_size = request.batch.as_ref().and_then(|b| b.size).unwrap_or(1);
@@ -395,7 +403,11 @@ pub fn plan_request(
     }
 
     if !errors.is_empty() {
+        errors.extend(unsupported);
         return Err(Error::Validation(errors));
+    }
+    if !unsupported.is_empty() {
+        return Err(Error::UnsupportedFeatures(unsupported));
     }
     Ok(GenerationPlan {
         request_id,

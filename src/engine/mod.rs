@@ -326,9 +326,6 @@ impl Engine {
                 }
             }
         }
-        if let Some(vae) = &plan.vae_model {
-            return Err(Error::validation("models.vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
-        }
         let init_image = match &plan.init_image {
             Some(source) => Some(crate::image::load_init_image(source, plan.width, plan.height, warnings)?),
             None => None,
