@@ -27,7 +27,7 @@ pub enum Error {
     OutOfMemory(String),
     #[error("cancelled")]
     Cancelled,
-    #[error("timed out after {0} s")]
+    #[error("timed out after {0} s (counted from when the request left the queue: model load, LoRA, encoding, denoising and decoding; checked at every step)")]
     Timeout(f64),
     #[error("I/O error: {0}")]
     Io(String),

@@ -97,6 +97,21 @@ fn metadata_timeout_is_enforced() {
     let engine = engine("timeout");
     let response = respond(&engine, &request(150, json!({"metadata": {"timeout": 0.05}})));
     assert_eq!(response["error_code"], "TIMEOUT", "{response}");
+    assert!(response["error"].as_str().unwrap_or_default().contains("left the queue"), "the error says what the clock covers: {response}");
+}
+
+#[test]
+fn without_a_timeout_nothing_is_cut_short_and_the_engine_default_applies() {
+    // No default timeout: a request with none runs to the end however long it takes.
+    let engine = engine("no-timeout");
+    assert_eq!(respond(&engine, &request(3, json!({})))["success"], true);
+    // An engine-wide timeout applies to requests that set none, and a request's own wins.
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({"device": "cpu", "output_dir": dir.path(), "limits": {"min_size": 64}, "timeout_s": 0.05});
+    let engine = Engine::from_json(&config.to_string()).expect("engine");
+    let response = respond(&engine, &request(150, json!({})));
+    assert_eq!(response["error_code"], "TIMEOUT", "{response}");
+    assert_eq!(respond(&engine, &request(2, json!({"metadata": {"timeout": 600}})))["success"], true);
 }
 
 #[test]
@@ -182,4 +197,36 @@ fn a_model_loaded_with_a_config_folder_serves_requests_that_name_it() {
     body["models"]["base"] = json!(checkpoint);
     let response = respond(&engine, &body.to_string());
     assert_eq!(response["success"], true, "{response}");
+}
+
+#[test]
+fn engine_configs_that_would_break_later_requests_are_refused_at_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().display().to_string();
+    for (config, field) in [
+        (serde_json::json!({"device": "cpu", "output_dir": out, "limits": {"size_multiple": 0}}), "limits.size_multiple"),
+        (serde_json::json!({"device": "cpu", "output_dir": out, "limits": {"size_multiple": 12}}), "limits.size_multiple"),
+        (serde_json::json!({"device": "cpu", "output_dir": out, "limits": {"min_size": 0}}), "limits.min_size"),
+        (serde_json::json!({"device": "cpu", "output_dir": out, "limits": {"min_size": 512, "max_size": 256}}), "limits.min_size"),
+        (serde_json::json!({"device": "cpu", "output_dir": out, "limits": {"max_size": 4_000_000_000u64}}), "limits.max_size"),
+        (serde_json::json!({"device": "cpu", "output_dir": out, "limits": {"max_batch": 0}}), "limits.max_batch"),
+        (serde_json::json!({"device": "cpu", "output_dir": out, "limits": {"max_steps": 0}}), "limits.max_steps"),
+        (serde_json::json!({"device": "cpu", "output_dir": out, "limits": {"max_lora_weight": -1.0}}), "limits.max_lora_weight"),
+        (serde_json::json!({"device": "cpu", "output_dir": out, "max_memory_gb": -1.0}), "max_memory_gb"),
+        (serde_json::json!({"device": "cpu", "output_dir": out, "max_memory_gb": 0.0}), "max_memory_gb"),
+    ] {
+        let error = match sdxl::Engine::from_json(&config.to_string()) {
+            Ok(_) => panic!("{config} was accepted"),
+            Err(error) => error,
+        };
+        assert_eq!(error.code_name(), "VALIDATION_ERROR", "{config}: {error}");
+        assert!(error.field_errors().iter().any(|f| f.field == field), "{config}: expected {field} in {error}");
+    }
+    // NaN cannot be written in JSON; the same check guards configs built in code.
+    let mut config = sdxl::EngineConfig { device: "cpu".into(), output_dir: dir.path().into(), ..Default::default() };
+    config.max_memory_gb = Some(f64::NAN);
+    assert!(sdxl::Engine::new(config.clone()).is_err(), "a NaN budget is refused");
+    config.max_memory_gb = None;
+    config.limits.min_guidance = f64::NAN;
+    assert!(sdxl::Engine::new(config).is_err(), "a NaN guidance limit is refused");
 }

@@ -1,11 +1,17 @@
 // The seed's EnhancedRequestTransformer (src/Services/Enhanced/EnhancedRequestTransformer.cs)
 // and WorkerTypeResolver, writing the `inference_request` envelope the Rust engine reads.
 //
-// Divergences from the seed, all because src/api/request.rs rejects what the Python worker
-// tolerated: null members are omitted (models.refiner / models.vae only when set, since a
-// set refiner or VAE is refused as unsupported) and a disabled controlnet / output.upscale is
-// just {"enabled": false}. negative_prompt is sent as the seed sent it: "" when the caller gave
-// none, which the seed's worker (and the engine) encode as text, as diffusers does for "".
+// Divergences from the seed: null members are omitted (models.refiner / models.vae only when
+// set, since a set refiner or VAE is refused as unsupported) and a disabled controlnet /
+// output.upscale is just {"enabled": false}, because src/api/request.rs rejects what the Python
+// worker tolerated. `precision` carries only what the caller set in request.Precision (the seed
+// always sent float16/float32/no offload/slicing, which overrode the engine's config and made it
+// reload a model loaded with cpu_offload). A scheduler name outside the seed's table is sent as
+// given (the engine takes diffusers class names and aliases, and refuses the rest with the field
+// "scheduler") instead of being replaced by DPMSolverMultistep. NaN and infinity are validation
+// errors, never written as null (the engine's default). negative_prompt is sent as the seed sent
+// it: "" when the caller gave none, which the seed's worker (and the engine) encode as text, as
+// diffusers does for "".
 
 using System;
 using System.Collections.Generic;
@@ -30,12 +36,9 @@ namespace DeviceOperations.Sdxl
             return value < min ? min : (value > max ? max : value);
         }
 
+        /// <summary>NaN stays NaN (never a bound), so the JSON writer refuses it.</summary>
         public static double Value(double value, double min, double max)
         {
-            if (double.IsNaN(value))
-            {
-                return min;
-            }
             return value < min ? min : (value > max ? max : value);
         }
     }
@@ -105,9 +108,19 @@ namespace DeviceOperations.Sdxl
             _workerTypeResolver = workerTypeResolver ?? new WorkerTypeResolver();
         }
 
+        /// <summary>Throws InvalidOperationException for what JSON cannot carry (NaN, infinity:
+        /// ValidateRequest reports them first); nothing is written as null to mean a default.</summary>
         public string TransformEnhancedSDXLRequest(EnhancedSDXLRequest request, string requestId)
         {
-            return BuildEnvelope(request, requestId).ToString();
+            var envelope = BuildEnvelope(request, requestId);
+            try
+            {
+                return envelope.ToString();
+            }
+            catch (ArgumentException ex)
+            {
+                throw new InvalidOperationException("Request transformation failed: " + ex.Message, ex);
+            }
         }
 
         internal JsonObject BuildEnvelope(EnhancedSDXLRequest request, string requestId)
@@ -154,12 +167,7 @@ namespace DeviceOperations.Sdxl
                     .Add("batch", new JsonObject()
                         .Add("size", Clamp.Value((hyper == null ? null : hyper.BatchSize) ?? 1, 1, 9))
                         .Add("parallel", false))
-                    .Add("precision", new JsonObject()
-                        .Add("dtype", "float16")
-                        .Add("vae_dtype", "float32")
-                        .Add("cpu_offload", false)
-                        .Add("attention_slicing", true)
-                        .Add("vae_slicing", true))
+                    .Add("precision", TransformPrecision(request.Precision))
                     .Add("metadata", new JsonObject()
                         .Add("request_id", requestId)
                         .Add("priority", "normal")
@@ -177,21 +185,24 @@ namespace DeviceOperations.Sdxl
             }
         }
 
-        /// <summary>The seed's checks and messages.</summary>
+        /// <summary>The seed's checks and messages (the seed's signature; see ValidateRequestFields
+        /// for the JSON paths).</summary>
         public bool ValidateRequest(EnhancedSDXLRequest request, out List<string> errors)
         {
-            List<SdxlFieldError> fieldErrors;
-            var valid = ValidateRequest(request, out fieldErrors);
+            var fieldErrors = ValidateRequestFields(request);
             errors = fieldErrors.Select(e => e.Message).ToList();
-            return valid;
+            return fieldErrors.Count == 0;
         }
 
-        /// <summary>The seed's checks and messages, each with the JSON path the engine would name.</summary>
-        public bool ValidateRequest(EnhancedSDXLRequest request, out List<SdxlFieldError> errors)
+        /// <summary>The seed's checks and messages, each with the JSON path the engine would
+        /// name, plus what the seed let through to a silent default: NaN or infinite numbers.
+        /// Empty when the request is valid.</summary>
+        public List<SdxlFieldError> ValidateRequestFields(EnhancedSDXLRequest request)
         {
-            errors = new List<SdxlFieldError>();
+            var errors = new List<SdxlFieldError>();
             var conditioning = request == null ? null : request.Conditioning;
             var model = request == null ? null : request.Model;
+            var scheduler = request == null ? null : request.Scheduler;
             var hyper = request == null ? null : request.Hyperparameters;
 
             if (conditioning == null || string.IsNullOrWhiteSpace(conditioning.Prompt))
@@ -210,6 +221,14 @@ namespace DeviceOperations.Sdxl
             {
                 errors.Add(new SdxlFieldError("dimensions.height", "Height must be between 256 and 2048 and divisible by 8"));
             }
+            if (scheduler != null && scheduler.GuidanceScale != null && !IsFinite(scheduler.GuidanceScale.Value))
+            {
+                errors.Add(new SdxlFieldError("hyperparameters.guidance_scale", "Guidance scale " + Show(scheduler.GuidanceScale.Value) + " must be a finite number"));
+            }
+            if (hyper != null && hyper.Strength != null && !IsFinite(hyper.Strength.Value))
+            {
+                errors.Add(new SdxlFieldError("hyperparameters.strength", "Strength " + Show(hyper.Strength.Value) + " must be a finite number"));
+            }
             if (conditioning != null && conditioning.LoRAs != null)
             {
                 for (var index = 0; index < conditioning.LoRAs.Count; index++)
@@ -220,14 +239,73 @@ namespace DeviceOperations.Sdxl
                     {
                         errors.Add(new SdxlFieldError(path + ".name", "LoRA ModelPath cannot be empty"));
                     }
-                    if (lora != null && (lora.Weight < -2.0 || lora.Weight > 2.0))
+                    // Written so that NaN fails too.
+                    if (lora != null && !(lora.Weight >= -2.0 && lora.Weight <= 2.0))
                     {
                         errors.Add(new SdxlFieldError(path + ".weight",
-                            "LoRA weight " + lora.Weight.ToString(CultureInfo.InvariantCulture) + " must be between -2.0 and 2.0"));
+                            "LoRA weight " + Show(lora.Weight) + " must be between -2.0 and 2.0"));
                     }
                 }
             }
-            return errors.Count == 0;
+            var controlnet = conditioning == null || conditioning.ControlNets == null ? null : conditioning.ControlNets.FirstOrDefault(c => c != null);
+            if (controlnet != null && !IsFinite(controlnet.Weight))
+            {
+                errors.Add(new SdxlFieldError("controlnet.conditioning_scale", "ControlNet weight " + Show(controlnet.Weight) + " must be a finite number"));
+            }
+            var upscale = FindUpscaleStep(request == null ? null : request.PostProcessing);
+            if (upscale != null && !IsFinite(upscale.Factor))
+            {
+                errors.Add(new SdxlFieldError("output.upscale.factor", "Upscale factor " + Show(upscale.Factor) + " must be a finite number"));
+            }
+            return errors;
+        }
+
+        /// <summary>The one validation step of SdxlEngine/SdxlEnginePool.GenerateAsync and
+        /// SdxlNativeService: null when the request is valid, otherwise the failure the caller
+        /// gets back (Success=false, VALIDATION_ERROR, the seed's "Request validation failed: ..."
+        /// text, FieldErrors). Nothing is sent to the engine then.</summary>
+        public EnhancedSDXLResponse ValidationFailure(EnhancedSDXLRequest request, string requestId)
+        {
+            var errors = ValidateRequestFields(request);
+            if (errors.Count == 0)
+            {
+                return null;
+            }
+            return EnhancedResponseHandler.Failure(requestId, SdxlErrorCode.Validation,
+                "Request validation failed: " + string.Join(", ", errors.Select(e => e.Message)), errors);
+        }
+
+        private static bool IsFinite(double value)
+        {
+            return !double.IsNaN(value) && !double.IsInfinity(value);
+        }
+
+        private static string Show(double value)
+        {
+            return value.ToString(CultureInfo.InvariantCulture);
+        }
+
+        /// <summary>Only what the caller set: an absent member leaves the engine's config in charge.</summary>
+        private static JsonObject TransformPrecision(PrecisionConfiguration precision)
+        {
+            if (precision == null)
+            {
+                return null;
+            }
+            var result = new JsonObject()
+                .Add("dtype", precision.Dtype)
+                .Add("vae_dtype", precision.VaeDtype)
+                .Add("cpu_offload", precision.CpuOffload)
+                .Add("attention_slicing", precision.AttentionSlicing)
+                .Add("vae_slicing", precision.VaeSlicing);
+            return result.Any() ? result : null;
+        }
+
+        private static PostProcessingStep FindUpscaleStep(List<PostProcessingStep> postProcessing)
+        {
+            return postProcessing == null
+                ? null
+                : postProcessing.FirstOrDefault(p => p != null && string.Equals(p.Type, "Upscale", StringComparison.OrdinalIgnoreCase));
         }
 
         private static JsonObject TransformLoRAConfiguration(List<LoRAConfiguration> loras)
@@ -261,9 +339,7 @@ namespace DeviceOperations.Sdxl
 
         private static JsonObject TransformUpscaleConfiguration(List<PostProcessingStep> postProcessing)
         {
-            var upscaleStep = postProcessing == null
-                ? null
-                : postProcessing.FirstOrDefault(p => p != null && string.Equals(p.Type, "Upscale", StringComparison.OrdinalIgnoreCase));
+            var upscaleStep = FindUpscaleStep(postProcessing);
             if (upscaleStep == null)
             {
                 return new JsonObject().Add("enabled", false);
@@ -274,9 +350,16 @@ namespace DeviceOperations.Sdxl
                 .Add("method", upscaleStep.Model != null ? upscaleStep.Model.ToLowerInvariant() : "realesrgan");
         }
 
-        /// <summary>The seed's C# enum name → diffusers class name table.</summary>
+        /// <summary>The seed's C# enum name → diffusers class name table; null or empty gives the
+        /// seed's default (DPMSolverMultistep). Any other name is returned as given, for the engine
+        /// to accept (a diffusers class name, an alias such as "euler a") or refuse with the field
+        /// "scheduler": an unknown name is never replaced by the default.</summary>
         public static string MapSchedulerType(string schedulerType)
         {
+            if (string.IsNullOrEmpty(schedulerType))
+            {
+                return "DPMSolverMultistepScheduler";
+            }
             switch (schedulerType)
             {
                 case "DPMSolverMultistep": return "DPMSolverMultistepScheduler";
@@ -289,7 +372,7 @@ namespace DeviceOperations.Sdxl
                 case "HeunDiscrete": return "HeunDiscreteScheduler";
                 case "LMSDiscrete": return "LMSDiscreteScheduler";
                 case "UniPCMultistep": return "UniPCMultistepScheduler";
-                default: return "DPMSolverMultistepScheduler";
+                default: return schedulerType;
             }
         }
 

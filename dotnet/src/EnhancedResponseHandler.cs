@@ -9,18 +9,22 @@ namespace DeviceOperations.Sdxl
 {
     public class EnhancedResponseHandler
     {
-        /// <summary>Never throws: unreadable JSON becomes Success=false with ErrorCode INVALID_JSON.</summary>
+        /// <summary>Never throws: unreadable JSON, or a number its member cannot hold (a width
+        /// of 4294967297 or 1.9), becomes Success=false with ErrorCode INVALID_JSON.</summary>
         public EnhancedSDXLResponse HandleEnhancedResponse(string responseJson, string requestId)
         {
-            Dictionary<string, object> root;
             try
             {
-                root = Json.ParseObject(responseJson ?? string.Empty);
+                return Map(Json.ParseObject(responseJson ?? string.Empty), requestId);
             }
             catch (FormatException ex)
             {
                 return Failure(requestId, SdxlErrorCode.InvalidJson, "Invalid response from the native engine: " + ex.Message);
             }
+        }
+
+        private static EnhancedSDXLResponse Map(Dictionary<string, object> root, string requestId)
+        {
 
             var response = new EnhancedSDXLResponse
             {
@@ -30,10 +34,10 @@ namespace DeviceOperations.Sdxl
                 ErrorCode = Json.GetString(root, "error_code"),
                 ExecutionTime = Json.GetDouble(root, "execution_time") ?? 0.0,
             };
-            var errorNumber = Json.GetLong(root, "error_number");
+            var errorNumber = Json.GetInt(root, "error_number");
             if (errorNumber.HasValue)
             {
-                response.ErrorNumber = (int)errorNumber.Value;
+                response.ErrorNumber = errorNumber.Value;
             }
             else if (response.ErrorCode != null)
             {
@@ -80,8 +84,8 @@ namespace DeviceOperations.Sdxl
                     {
                         Path = Json.GetString(image, "path"),
                         Seed = Json.GetLong(image, "seed") ?? 0,
-                        Width = (int)(Json.GetLong(image, "width") ?? 0),
-                        Height = (int)(Json.GetLong(image, "height") ?? 0),
+                        Width = Json.GetInt(image, "width") ?? 0,
+                        Height = Json.GetInt(image, "height") ?? 0,
                         Format = Json.GetString(image, "format"),
                     });
                 }

@@ -1,7 +1,8 @@
 // A small JSON writer and reader, so the library needs nothing beyond the base class
 // library (no Newtonsoft, no System.Text.Json on netstandard2.0/Mono). Why not
 // DataContractJsonSerializer: see dotnet/README.md ("JSON").
-// Writer: ordered objects (JsonObject), null members omitted unless asked for.
+// Writer: ordered objects (JsonObject), null members omitted unless asked for; NaN and
+// infinity are refused (ArgumentException), never written as null.
 // Reader (RFC 8259, strict): objects become Dictionary<string, object>, arrays List<object>,
 // numbers long (ulong past long.MaxValue) or double, plus string, bool and null.
 
@@ -92,9 +93,9 @@ namespace DeviceOperations.Sdxl
                 var number = Convert.ToDouble(value, CultureInfo.InvariantCulture);
                 if (double.IsNaN(number) || double.IsInfinity(number))
                 {
-                    // JSON has no NaN; null lets the Rust side report the field.
-                    builder.Append("null");
-                    return;
+                    // JSON has no NaN or infinity, and writing null would let the engine
+                    // silently use its default: callers validate numbers before writing.
+                    throw new ArgumentException("JSON has no " + number.ToString(CultureInfo.InvariantCulture) + " (a number must be finite)");
                 }
                 builder.Append(number.ToString("R", CultureInfo.InvariantCulture));
                 return;
@@ -213,7 +214,9 @@ namespace DeviceOperations.Sdxl
             return value;
         }
 
-        // Typed accessors for parsed objects: missing or mistyped members give the fallback.
+        // Typed accessors for parsed objects: a missing, null or non-numeric member gives the
+        // fallback; a number the requested type cannot hold exactly (1.9 as an integer,
+        // 4294967297 as an int, 2^63 as a long) throws FormatException instead of wrapping.
 
         public static object Get(IDictionary<string, object> obj, string name)
         {
@@ -260,17 +263,45 @@ namespace DeviceOperations.Sdxl
             if (value is ulong)
             {
                 var large = (ulong)value;
-                return large <= long.MaxValue ? (long?)large : null;
+                if (large > long.MaxValue)
+                {
+                    throw NotRepresentable(name, value, "a 64-bit integer");
+                }
+                return (long)large;
             }
             if (value is double)
             {
+                // [-2^63, 2^63): (double)long.MaxValue is 2^63 itself, which a cast wraps to long.MinValue.
                 var number = (double)value;
-                if (number >= long.MinValue && number <= long.MaxValue)
+                if (Math.Floor(number) != number || number < -9223372036854775808.0 || number >= 9223372036854775808.0)
                 {
-                    return (long)number;
+                    throw NotRepresentable(name, value, "a 64-bit integer");
                 }
+                return (long)number;
             }
             return null;
+        }
+
+        public static int? GetInt(IDictionary<string, object> obj, string name)
+        {
+            var value = GetLong(obj, name);
+            if (!value.HasValue)
+            {
+                return null;
+            }
+            if (value.Value < int.MinValue || value.Value > int.MaxValue)
+            {
+                throw NotRepresentable(name, Get(obj, name), "a 32-bit integer");
+            }
+            return (int)value.Value;
+        }
+
+        private static FormatException NotRepresentable(string name, object value, string what)
+        {
+            var text = value is double
+                ? ((double)value).ToString("R", CultureInfo.InvariantCulture)
+                : Convert.ToString(value, CultureInfo.InvariantCulture);
+            return new FormatException("member '" + name + "': " + text + " is not " + what);
         }
 
         public static Dictionary<string, object> GetObject(IDictionary<string, object> obj, string name)
@@ -285,6 +316,7 @@ namespace DeviceOperations.Sdxl
 
         private sealed class Reader
         {
+            /// <summary>At most this many nested objects/arrays (dotnet/README.md, "JSON").</summary>
             private const int MaxDepth = 256;
             private readonly string _text;
             private int _position;
@@ -317,12 +349,9 @@ namespace DeviceOperations.Sdxl
                 }
             }
 
+            /// <summary>depth: how many objects/arrays enclose this value.</summary>
             public object ReadValue(int depth)
             {
-                if (depth > MaxDepth)
-                {
-                    throw Error("nested too deeply");
-                }
                 if (AtEnd)
                 {
                     throw Error("unexpected end of input");
@@ -342,6 +371,15 @@ namespace DeviceOperations.Sdxl
                             return ReadNumber();
                         }
                         throw Error("unexpected character '" + c + "'");
+                }
+            }
+
+            /// <summary>An object or array enclosed by depth others is level depth + 1.</summary>
+            private void CheckDepth(int depth)
+            {
+                if (depth >= MaxDepth)
+                {
+                    throw Error("nested too deeply (more than " + MaxDepth.ToString(CultureInfo.InvariantCulture) + " levels)");
                 }
             }
 
@@ -366,6 +404,7 @@ namespace DeviceOperations.Sdxl
             private Dictionary<string, object> ReadObject(int depth)
             {
                 var result = new Dictionary<string, object>(StringComparer.Ordinal);
+                CheckDepth(depth);
                 Expect('{');
                 SkipWhitespace();
                 if (!AtEnd && _text[_position] == '}')
@@ -403,6 +442,7 @@ namespace DeviceOperations.Sdxl
             private List<object> ReadArray(int depth)
             {
                 var result = new List<object>();
+                CheckDepth(depth);
                 Expect('[');
                 SkipWhitespace();
                 if (!AtEnd && _text[_position] == ']')

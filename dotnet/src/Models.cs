@@ -15,6 +15,23 @@ namespace DeviceOperations.Sdxl
         public HyperparametersConfiguration Hyperparameters { get; set; }
         public OutputConfiguration Output { get; set; }
         public List<PostProcessingStep> PostProcessing { get; set; }
+        /// <summary>Not in the seed's model (its transformer always sent float16/float32, no
+        /// offload, slicing on): a member left null is not sent, so the engine's config decides.</summary>
+        public PrecisionConfiguration Precision { get; set; }
+    }
+
+    /// <summary>The request's `precision` object; each null member keeps the engine's setting
+    /// (SdxlEngineConfig.Dtype, VaeDtype, CpuOffload).</summary>
+    public class PrecisionConfiguration
+    {
+        /// <summary>"float32", "float16" or "bfloat16".</summary>
+        public string Dtype { get; set; }
+        public string VaeDtype { get; set; }
+        /// <summary>Overrides SdxlEngineConfig.CpuOffload for this request; a model resident with
+        /// the other placement is loaded again.</summary>
+        public bool? CpuOffload { get; set; }
+        public bool? AttentionSlicing { get; set; }
+        public bool? VaeSlicing { get; set; }
     }
 
     public class ConditioningConfiguration
@@ -217,6 +234,29 @@ namespace DeviceOperations.Sdxl
         public double? MaxMemoryGb { get; set; }
         /// <summary>Default of precision.cpu_offload: text encoders and VAE stay in host memory.</summary>
         public bool? CpuOffload { get; set; }
+
+        /// <summary>Numbers JSON cannot carry (NaN, infinity), with their config paths: refused
+        /// by SdxlEngine.Create rather than written as null (which would mean the default).</summary>
+        internal List<SdxlFieldError> NonFiniteNumbers()
+        {
+            var errors = new List<SdxlFieldError>();
+            CheckFinite(errors, "max_memory_gb", MaxMemoryGb);
+            if (Limits != null)
+            {
+                CheckFinite(errors, "limits.min_guidance", Limits.MinGuidance);
+                CheckFinite(errors, "limits.max_guidance", Limits.MaxGuidance);
+                CheckFinite(errors, "limits.max_lora_weight", Limits.MaxLoraWeight);
+            }
+            return errors;
+        }
+
+        private static void CheckFinite(List<SdxlFieldError> errors, string field, double? value)
+        {
+            if (value.HasValue && (double.IsNaN(value.Value) || double.IsInfinity(value.Value)))
+            {
+                errors.Add(new SdxlFieldError(field, "must be a finite number, got " + value.Value.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+            }
+        }
 
         public SdxlEngineConfig Clone()
         {

@@ -83,6 +83,11 @@ namespace DeviceOperations.Sdxl
         /// config, DEVICE_ERROR for a missing GPU).</summary>
         public static SdxlEngine Create(SdxlEngineConfig config)
         {
+            var nonFinite = config == null ? new List<SdxlFieldError>() : config.NonFiniteNumbers();
+            if (nonFinite.Count > 0)
+            {
+                throw new SdxlException(SdxlErrorCode.Validation, "validation failed: " + string.Join("; ", nonFinite), nonFinite, null);
+            }
             var json = config == null ? string.Empty : config.ToJson();
             return NativeResult.Invoke(() =>
             {
@@ -118,7 +123,8 @@ namespace DeviceOperations.Sdxl
             }, cancellationToken);
         }
 
-        /// <summary>Generates images for the seed's request. Request failures (validation, a
+        /// <summary>Generates images for the seed's request, after the seed's ValidateRequest
+        /// checks (the same as SdxlNativeService: a failure is returned, not sent). Request failures (validation, a
         /// missing model, out of memory) come back as Success=false with ErrorCode and
         /// FieldErrors. Cancelling cancellationToken (before or during the request) throws
         /// OperationCanceledException whose InnerException is the native CANCELLED
@@ -135,6 +141,12 @@ namespace DeviceOperations.Sdxl
                 throw new ArgumentNullException("request");
             }
             var requestId = Guid.NewGuid().ToString();
+            // The same checks and failure as SdxlNativeService.SendEnhancedCommandAsync.
+            var rejected = _transformer.ValidationFailure(request, requestId);
+            if (rejected != null)
+            {
+                return rejected;
+            }
             var json = _transformer.TransformEnhancedSDXLRequest(request, requestId);
             var responseJson = await RunAsync(json, requestId, progress, cancellationToken).ConfigureAwait(false);
             return _responseHandler.HandleEnhancedResponse(responseJson, requestId);

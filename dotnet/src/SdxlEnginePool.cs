@@ -89,6 +89,11 @@ namespace DeviceOperations.Sdxl
                 throw new ArgumentNullException("request");
             }
             var requestId = Guid.NewGuid().ToString();
+            var rejected = _transformer.ValidationFailure(request, requestId);
+            if (rejected != null)
+            {
+                return rejected;
+            }
             var json = _transformer.TransformEnhancedSDXLRequest(request, requestId);
             var responseJson = await GenerateJsonAsync(json, progress, cancellationToken).ConfigureAwait(false);
             return _responseHandler.HandleEnhancedResponse(responseJson, requestId);

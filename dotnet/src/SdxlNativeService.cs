@@ -49,11 +49,11 @@ namespace DeviceOperations.Sdxl
             var requestId = Guid.NewGuid().ToString();
             try
             {
-                List<SdxlFieldError> errors;
-                if (!_requestTransformer.ValidateRequest(request, out errors))
+                // The same checks and failure as SdxlEngine/SdxlEnginePool.GenerateAsync.
+                var rejected = _requestTransformer.ValidationFailure(request, requestId);
+                if (rejected != null)
                 {
-                    return EnhancedResponseHandler.Failure(requestId, SdxlErrorCode.Validation,
-                        "Request validation failed: " + string.Join(", ", errors.Select(e => e.Message)), errors);
+                    return rejected;
                 }
                 var jsonCommand = _requestTransformer.TransformEnhancedSDXLRequest(request, requestId);
                 var responseJson = await _generator.GenerateJsonAsync(jsonCommand, progress, cancellationToken).ConfigureAwait(false);

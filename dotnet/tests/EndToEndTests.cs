@@ -385,13 +385,19 @@ namespace DeviceOperations.Sdxl.Tests
             runner.AddAsync("e2e_validation_errors_come_back_as_field_errors", async () =>
             {
                 var engine = Engine();
+                // The engine's own checks (limits of this engine), past the seed's.
                 var request = TinyRequest(0);
-                request.Conditioning.Prompt = " ";
                 var response = await engine.GenerateAsync(request);
                 Assert.Equal(false, response.Success, "Success");
                 Assert.Equal("VALIDATION_ERROR", response.ErrorCode, "ErrorCode");
                 Assert.Equal(SdxlErrorCode.Validation, response.ErrorNumber.Value, "ErrorNumber");
-                Assert.SequenceEqual(new[] { "prompt", "hyperparameters.num_inference_steps" }, response.FieldErrors.Select(f => f.Field), "fields (" + response.Error + ")");
+                Assert.SequenceEqual(new[] { "hyperparameters.num_inference_steps" }, response.FieldErrors.Select(f => f.Field), "fields (" + response.Error + ")");
+
+                // The seed's checks come first, as in the service.
+                request.Conditioning.Prompt = " ";
+                response = await engine.GenerateAsync(request);
+                Assert.Equal("Request validation failed: Prompt is required and cannot be empty", response.Error, "GenerateAsync validation");
+                Assert.SequenceEqual(new[] { "prompt" }, response.FieldErrors.Select(f => f.Field), "fields (" + response.Error + ")");
 
                 request = TinyRequest(2);
                 request.Model.Refiner = "sdxl-refiner";
@@ -404,6 +410,88 @@ namespace DeviceOperations.Sdxl.Tests
                 response = await service.SendEnhancedCommandAsync(request);
                 Assert.Equal("Request validation failed: Prompt is required and cannot be empty", response.Error, "service validation");
                 Assert.SequenceEqual(new[] { "prompt" }, response.FieldErrors.Select(f => f.Field), "service FieldErrors");
+            });
+
+            runner.AddAsync("e2e_generate_and_the_service_validate_alike_and_never_replace_a_scheduler", async () =>
+            {
+                var engine = Engine();
+                var service = new SdxlNativeService(engine);
+                var servedBefore = (await engine.GetStatusAsync()).RequestsServed;
+                var invalid = new List<KeyValuePair<string, EnhancedSDXLRequest>>();
+                var width = TinyRequest(1);
+                width.Hyperparameters.Width = 100;
+                invalid.Add(new KeyValuePair<string, EnhancedSDXLRequest>("dimensions.width", width));
+                var guidance = TinyRequest(1);
+                guidance.Scheduler.GuidanceScale = double.NaN;
+                invalid.Add(new KeyValuePair<string, EnhancedSDXLRequest>("hyperparameters.guidance_scale", guidance));
+                var lora = TinyRequest(1);
+                lora.Conditioning.LoRAs = new List<LoRAConfiguration> { new LoRAConfiguration { ModelPath = "x.safetensors", Weight = double.NaN } };
+                invalid.Add(new KeyValuePair<string, EnhancedSDXLRequest>("lora.models[0].weight", lora));
+                foreach (var pair in invalid)
+                {
+                    // GenerateAsync used to clamp a width of 100 to 256 and send NaN as null (7.5).
+                    var direct = await engine.GenerateAsync(pair.Value);
+                    var viaService = await service.SendEnhancedCommandAsync(pair.Value);
+                    foreach (var response in new[] { direct, viaService })
+                    {
+                        Assert.Equal(false, response.Success, pair.Key + ": Success (" + response.Error + ")");
+                        Assert.Equal("VALIDATION_ERROR", response.ErrorCode, pair.Key + ": ErrorCode");
+                        Assert.SequenceEqual(new[] { pair.Key }, response.FieldErrors.Select(f => f.Field), pair.Key + ": fields");
+                    }
+                    Assert.Equal(viaService.Error, direct.Error, pair.Key + ": the same message both ways");
+                }
+                Assert.Equal(servedBefore, (await engine.GetStatusAsync()).RequestsServed, "invalid requests never reach the engine");
+
+                // A scheduler name outside the seed's table goes to the engine as given: refused
+                // with its field, or honoured when the engine knows it; never DPMSolverMultistep.
+                var unknown = TinyRequest(1);
+                unknown.Scheduler.Type = "NotAScheduler";
+                foreach (var response in new[] { await engine.GenerateAsync(unknown), await service.SendEnhancedCommandAsync(unknown) })
+                {
+                    Assert.Equal("VALIDATION_ERROR", response.ErrorCode, "unknown scheduler (" + response.Error + ")");
+                    Assert.SequenceEqual(new[] { "scheduler" }, response.FieldErrors.Select(f => f.Field), "unknown scheduler fields");
+                    Assert.Contains("NotAScheduler", response.Error, "the message names it");
+                }
+                var alias = TinyRequest(1);
+                alias.Scheduler.Type = "euler a";
+                var aliased = await engine.GenerateAsync(alias);
+                Assert.True(aliased.Success, "an alias the engine knows: " + aliased.Error);
+                Assert.Equal("EulerAncestralDiscreteScheduler", aliased.Metrics.ModelInfo["scheduler"] as string, "scheduler used for 'euler a'");
+            });
+
+            runner.AddAsync("e2e_cpu_offload_engine_generates_with_the_model_it_loaded_without_a_reload", async () =>
+            {
+                Engine();
+                var config = CpuConfig();
+                config.CpuOffload = true;
+                var lines = new List<string>();
+                SdxlLog.SetHandler((level, target, message) => { lock (lines) { lines.Add(message); } }, SdxlLogLevel.Info);
+                string statusJson;
+                EnhancedSDXLResponse response;
+                try
+                {
+                    using (var engine = SdxlEngine.Create(config))
+                    {
+                        await engine.LoadModelAsync("builtin:tiny");
+                        // No Precision: the request must not override the engine's cpu_offload.
+                        response = await engine.GenerateAsync(TinyRequest(1));
+                        statusJson = (await engine.GetStatusAsync()).RawJson;
+                    }
+                }
+                finally
+                {
+                    SdxlLog.SetHandler(null);
+                }
+                Assert.True(response.Success, "generation: " + response.Error);
+                Assert.Equal((object)true, response.Metrics.ModelInfo["cpu_offload"], "the request ran on the offloaded model");
+                var models = Json.GetArray(Json.ParseObject(statusJson), "loaded_models");
+                Assert.Equal(1, models.Count, "loaded models (" + statusJson + ")");
+                Assert.Equal(true, Json.GetBool((Dictionary<string, object>)models[0], "cpu_offload", false), "the resident model keeps cpu_offload (" + statusJson + ")");
+                lock (lines)
+                {
+                    var loads = lines.Where(l => l.Contains("loading model") || l.Contains("reloading")).ToList();
+                    Assert.Equal(1, loads.Count, "model loads, one by LoadModelAsync and none by the request: " + string.Join(" | ", loads));
+                }
             });
 
             runner.AddAsync("e2e_status_reports_the_loaded_model_and_requests_served", async () =>

@@ -111,7 +111,85 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.Missing(Json.GetObject(back, "nested"), "omitted", "null members are omitted");
                 Assert.Equal(false, Json.GetBool(Json.GetObject(back, "nested"), "flag", true), "flag");
                 Assert.SequenceEqual(new object[] { "v", 1L }, Json.GetArray(Json.GetObject(back, "map"), "k"), "dictionary member");
-                Assert.Equal("null", Json.Write(double.NaN), "NaN is written as null");
+            });
+
+            runner.Add("json_writer_refuses_nan_and_infinity_instead_of_writing_null", () =>
+            {
+                // null would mean "use the default" to the engine (guidance 7.5, no memory budget).
+                foreach (var number in new object[] { double.NaN, double.PositiveInfinity, double.NegativeInfinity, float.NaN, float.PositiveInfinity })
+                {
+                    Assert.Throws<ArgumentException>(() => Json.Write(number), Assert.Show(number) + " alone");
+                    Assert.Throws<ArgumentException>(() => new JsonObject().Add("guidance_scale", number).ToString(), Assert.Show(number) + " as a member");
+                }
+                Assert.Equal("{\"g\":7.5}", new JsonObject().Add("g", 7.5).ToString(), "a finite number");
+
+                // The engine config too: refused before sdxl_create, with the field, instead of "no budget".
+                var ex = Assert.Throws<SdxlException>(() => SdxlEngine.Create(new SdxlEngineConfig { Device = "cpu", MaxMemoryGb = double.NaN }), "MaxMemoryGb = NaN");
+                Assert.Equal(SdxlErrorCode.Validation, ex.Code, "code (" + ex.Message + ")");
+                Assert.SequenceEqual(new[] { "max_memory_gb" }, ex.FieldErrors.Select(e => e.Field), "fields");
+                ex = Assert.Throws<SdxlException>(() => SdxlEngine.Create(new SdxlEngineConfig { Limits = new SdxlLimits { MaxGuidance = double.PositiveInfinity } }), "MaxGuidance = infinity");
+                Assert.SequenceEqual(new[] { "limits.max_guidance" }, ex.FieldErrors.Select(e => e.Field), "limit fields");
+            });
+
+            runner.Add("json_reader_accessors_refuse_numbers_they_would_narrow", () =>
+            {
+                Func<string, Dictionary<string, object>> obj = n => Json.ParseObject("{\"n\":" + n + "}");
+                Assert.Throws<FormatException>(() => Json.GetInt(obj("4294967297"), "n"), "4294967297 as an int (was 1)");
+                Assert.Throws<FormatException>(() => Json.GetInt(obj("2147483648"), "n"), "2^31 as an int");
+                Assert.Throws<FormatException>(() => Json.GetInt(obj("1.9"), "n"), "1.9 as an int (was 1)");
+                Assert.Throws<FormatException>(() => Json.GetLong(obj("1.9"), "n"), "1.9 as a long (was 1)");
+                Assert.Throws<FormatException>(() => Json.GetLong(obj("-0.5"), "n"), "-0.5 as a long");
+                Assert.Throws<FormatException>(() => Json.GetLong(obj("9223372036854775808"), "n"), "2^63 (a ulong) as a long");
+                Assert.Throws<FormatException>(() => Json.GetLong(obj("9.223372036854775808e18"), "n"), "2^63 as a double (was long.MinValue)");
+                Assert.Throws<FormatException>(() => Json.GetLong(obj("-1e19"), "n"), "-1e19 as a long");
+                Assert.Throws<FormatException>(() => Json.GetLong(obj("18446744073709551616"), "n"), "2^64 as a long");
+                var message = Assert.Throws<FormatException>(() => Json.GetInt(obj("4294967297"), "n"), "message").Message;
+                Assert.Contains("'n'", message, "the message names the member");
+                Assert.Contains("4294967297", message, "the message shows the number");
+
+                Assert.Equal(long.MinValue, Json.GetLong(obj("-9223372036854775808"), "n").Value, "long.MinValue");
+                Assert.Equal(long.MinValue, Json.GetLong(obj("-9.223372036854775808e18"), "n").Value, "-2^63 as a double is exact");
+                Assert.Equal(long.MaxValue, Json.GetLong(obj("9223372036854775807"), "n").Value, "long.MaxValue");
+                Assert.Equal(int.MaxValue, Json.GetInt(obj("2147483647"), "n").Value, "int.MaxValue");
+                Assert.Equal(int.MinValue, Json.GetInt(obj("-2147483648"), "n").Value, "int.MinValue");
+                Assert.Equal(1000, Json.GetInt(obj("1e3"), "n").Value, "1e3 is an integer");
+                Assert.Equal(null, Json.GetLong(obj("\"12\""), "n"), "a string is not a number (fallback)");
+                Assert.Equal(null, Json.GetInt(obj("null"), "n"), "null (fallback)");
+                Assert.Equal(null, Json.GetInt(Json.ParseObject("{}"), "n"), "missing (fallback)");
+
+                // Through the response handler: an error, not a wrapped width.
+                var handler = new EnhancedResponseHandler();
+                foreach (var bad in new[] { "\"width\":4294967297", "\"width\":1.9", "\"seed\":9223372036854775808" })
+                {
+                    var good = bad.StartsWith("\"width\"") ? "\"width\":1024" : "\"seed\":42";
+                    var json = ResponseTests.SuccessJson.Replace(good, bad);
+                    Assert.True(json != ResponseTests.SuccessJson, "the fixture has " + good);
+                    var response = handler.HandleEnhancedResponse(json, "r-1");
+                    Assert.Equal(false, response.Success, "Success with " + bad);
+                    Assert.Equal("INVALID_JSON", response.ErrorCode, "ErrorCode with " + bad + " (" + response.Error + ")");
+                    Assert.Contains(bad.Substring(bad.IndexOf(':') + 1), response.Error, "the error shows the number");
+                    Assert.Equal(0, response.Images.Count, "no images with a wrapped value");
+                }
+                var wrongCode = handler.HandleEnhancedResponse(ResponseTests.ValidationJson.Replace("\"error_number\":-3", "\"error_number\":4294967293"), "r-2");
+                Assert.Equal("INVALID_JSON", wrongCode.ErrorCode, "an error_number past int (was -3)");
+            });
+
+            runner.Add("json_reader_nesting_limit_is_the_readmes_256_levels", () =>
+            {
+                var readme = System.IO.File.ReadAllText(System.IO.Path.Combine(System.IO.Path.Combine(AbiTests.RepoRoot(), "dotnet"), "README.md"));
+                Assert.Contains("nesting depth \u2264 256", readme, "dotnet/README.md states the limit");
+                Assert.True(Json.Parse(new string('[', 256) + new string(']', 256)) is List<object>, "256 nested arrays parse");
+                Assert.Contains("nested too deeply", Assert.Throws<FormatException>(() => Json.Parse(new string('[', 257) + new string(']', 257)), "257 nested arrays").Message, "depth error");
+                var objects = new System.Text.StringBuilder();
+                for (var i = 0; i < 256; i++)
+                {
+                    objects.Append("{\"a\":");
+                }
+                objects.Append("[1]");
+                var closing = new string('}', 256);
+                Assert.Contains("nested too deeply", Assert.Throws<FormatException>(() => Json.Parse(objects + closing), "256 objects around an array").Message, "257 levels of objects and arrays");
+                var deepest = objects.ToString().Replace("[1]", "1");
+                Assert.True(Json.Parse(deepest + closing) is Dictionary<string, object>, "256 nested objects around a number parse");
             });
         }
     }

@@ -33,9 +33,19 @@ namespace DeviceOperations.Sdxl.Tests
             }
         }
 
-        private static string BuiltLibrary()
+        /// <summary>The library under test: SDXL_NATIVE_LIBRARY (a file or its folder, as
+        /// tools/dotnet_test.sh sets it), else the debug build.</summary>
+        internal static string BuiltLibrary()
         {
-            var path = Path.Combine(Path.Combine(Path.Combine(AbiTests.RepoRoot(), "target"), "debug"), SdxlNativeLibrary.FileName);
+            var path = Environment.GetEnvironmentVariable(SdxlNativeLibrary.PathVariable);
+            if (string.IsNullOrEmpty(path))
+            {
+                path = Path.Combine(Path.Combine(Path.Combine(AbiTests.RepoRoot(), "target"), "debug"), SdxlNativeLibrary.FileName);
+            }
+            else if (Directory.Exists(path))
+            {
+                path = Path.Combine(path, SdxlNativeLibrary.FileName);
+            }
             if (!File.Exists(path))
             {
                 throw new TestSkipped(path + " not built");
@@ -278,15 +288,19 @@ namespace DeviceOperations.Sdxl.Tests
             {
                 var built = BuiltLibrary();
                 var app = CopyOfTheApplication();
+                // The library under test may have another name (SDXL_NATIVE_LIBRARY): the loader looks for libsdxl.so.
+                var folder = NewTempDirectory("ldpath");
                 try
                 {
-                    var result = RunChild(app, null, Path.GetDirectoryName(built));
+                    LinkOrCopy(built, Path.Combine(folder, SdxlNativeLibrary.FileName));
+                    var result = RunChild(app, null, folder);
                     Assert.Equal(0, result.Key, "exit code (" + result.Value + ")");
                     Assert.Contains("from <default search> via default DllImport search", result.Value, "child output");
                 }
                 finally
                 {
                     Directory.Delete(app, true);
+                    Directory.Delete(folder, true);
                 }
             });
         }

@@ -21,6 +21,7 @@ namespace DeviceOperations.Sdxl.Tests
             JsonTests.Register(runner);
             AbiTests.Register(runner);
             NativeLibraryTests.Register(runner);
+            PackagingTests.Register(runner);
             EndToEndTests.Register(runner);
             var failures = runner.Run(args, EndToEndTests.Cleanup);
             return Math.Min(failures, 125);

@@ -35,7 +35,7 @@ namespace DeviceOperations.Sdxl.Tests
 
         public static void Register(TestRunner runner)
         {
-            runner.Add("transformer_every_scheduler_enum_maps_to_its_diffusers_class", () =>
+            runner.Add("transformer_scheduler_enum_names_map_to_diffusers_classes_and_other_names_pass_through", () =>
             {
                 var table = new Dictionary<string, string>
                 {
@@ -49,8 +49,12 @@ namespace DeviceOperations.Sdxl.Tests
                     { "HeunDiscrete", "HeunDiscreteScheduler" },
                     { "LMSDiscrete", "LMSDiscreteScheduler" },
                     { "UniPCMultistep", "UniPCMultistepScheduler" },
-                    { "NotAScheduler", "DPMSolverMultistepScheduler" },
-                    { "ddim", "DPMSolverMultistepScheduler" },
+                    // Never replaced by the default: the engine accepts its aliases and refuses the rest.
+                    { "NotAScheduler", "NotAScheduler" },
+                    { "ddim", "ddim" },
+                    { "euler a", "euler a" },
+                    { "EulerDiscreteScheduler", "EulerDiscreteScheduler" },
+                    { "", "DPMSolverMultistepScheduler" },
                 };
                 foreach (var pair in table)
                 {
@@ -215,18 +219,33 @@ namespace DeviceOperations.Sdxl.Tests
                 var batch = Obj(data, "batch");
                 Assert.Equal(1L, Json.GetLong(batch, "size").Value, "batch.size");
                 Assert.Equal(false, Json.GetBool(batch, "parallel", true), "batch.parallel");
-                var precision = Obj(data, "precision");
-                Assert.Equal("float16", Json.GetString(precision, "dtype"), "precision.dtype");
-                Assert.Equal("float32", Json.GetString(precision, "vae_dtype"), "precision.vae_dtype");
-                Assert.Equal(false, Json.GetBool(precision, "cpu_offload", true), "cpu_offload");
-                Assert.Equal(true, Json.GetBool(precision, "attention_slicing", false), "attention_slicing");
-                Assert.Equal(true, Json.GetBool(precision, "vae_slicing", false), "vae_slicing");
+                Assert.Missing(data, "precision", "precision without request.Precision (the engine's config decides)");
                 var metadata = Obj(data, "metadata");
                 Assert.Equal("req-9", Json.GetString(metadata, "request_id"), "metadata.request_id");
                 Assert.Equal("normal", Json.GetString(metadata, "priority"), "priority");
                 Assert.Equal(300L, Json.GetLong(metadata, "timeout").Value, "timeout");
-                Assert.SequenceEqual(new[] { "worker_type", "prompt", "negative_prompt", "model_name", "hyperparameters", "dimensions", "scheduler", "models", "lora", "controlnet", "output", "batch", "precision", "metadata" },
+                Assert.SequenceEqual(new[] { "worker_type", "prompt", "negative_prompt", "model_name", "hyperparameters", "dimensions", "scheduler", "models", "lora", "controlnet", "output", "batch", "metadata" },
                     data.Keys, "data members (negative_prompt always, as the seed sends it)");
+            });
+
+            runner.Add("transformer_sends_precision_members_only_when_the_caller_set_them", () =>
+            {
+                // The seed always sent cpu_offload false (and float16, slicing on), which overrode
+                // SdxlEngineConfig.CpuOffload and made the engine reload the model.
+                Assert.Missing(Data(Minimal()), "precision", "no Precision");
+                var request = Minimal();
+                request.Precision = new PrecisionConfiguration();
+                Assert.Missing(Data(request), "precision", "an empty Precision");
+                request.Precision.CpuOffload = true;
+                var precision = Obj(Data(request), "precision");
+                Assert.SequenceEqual(new[] { "cpu_offload" }, precision.Keys, "members with only CpuOffload set");
+                Assert.Equal(true, Json.GetBool(precision, "cpu_offload", false), "cpu_offload");
+                request.Precision = new PrecisionConfiguration { Dtype = "bfloat16", VaeDtype = "float32", CpuOffload = false, AttentionSlicing = true, VaeSlicing = false };
+                precision = Obj(Data(request), "precision");
+                Assert.SequenceEqual(new[] { "dtype", "vae_dtype", "cpu_offload", "attention_slicing", "vae_slicing" }, precision.Keys, "every member set");
+                Assert.Equal("bfloat16", Json.GetString(precision, "dtype"), "dtype");
+                Assert.Equal(false, Json.GetBool(precision, "cpu_offload", true), "an explicit false is sent");
+                Assert.Equal(false, Json.GetBool(precision, "vae_slicing", true), "vae_slicing");
             });
 
             runner.Add("transformer_sends_the_seeds_empty_negative_prompt_and_refiner_vae_only_when_set", () =>

@@ -27,6 +27,48 @@ pub struct Limits {
     pub max_lora_weight: f64,
 }
 
+/// The largest `limits.max_size` an engine accepts: beyond it no GPU holds even one image's
+/// activations, and the size arithmetic of the memory estimate stays far from u64 overflow.
+pub(crate) const LARGEST_MAX_SIZE: u32 = 16384;
+pub(crate) const LARGEST_MAX_BATCH: u32 = 64;
+pub(crate) const LARGEST_MAX_STEPS: u32 = 1000;
+
+impl Limits {
+    /// The engine config's limits are consistent and usable (checked at `sdxl_create`): a
+    /// `size_multiple` of 0 would divide by zero in every request, a `max_size` beyond
+    /// [`LARGEST_MAX_SIZE`] would let requests past the memory estimate.
+    pub fn check(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut fail = |field: &str, message: String| errors.push(FieldError::new(format!("limits.{field}"), message));
+        // The VAE maps 8 pixels to one latent cell: sizes must stay multiples of 8.
+        if self.size_multiple == 0 || self.size_multiple % 8 != 0 || self.size_multiple > 64 {
+            fail("size_multiple", format!("{} must be a multiple of 8 up to 64", self.size_multiple));
+        }
+        if self.min_size == 0 {
+            fail("min_size", "must be at least 1".into());
+        }
+        if self.max_size > LARGEST_MAX_SIZE {
+            fail("max_size", format!("{} is above the largest supported size {LARGEST_MAX_SIZE}", self.max_size));
+        }
+        if self.min_size > self.max_size {
+            fail("min_size", format!("{} is above max_size {}", self.min_size, self.max_size));
+        }
+        if self.min_steps == 0 || self.min_steps > self.max_steps || self.max_steps > LARGEST_MAX_STEPS {
+            fail("max_steps", format!("steps {}..{} must satisfy 1 <= min_steps <= max_steps <= {LARGEST_MAX_STEPS}", self.min_steps, self.max_steps));
+        }
+        if !(self.min_guidance.is_finite() && self.max_guidance.is_finite() && self.min_guidance >= 0.0 && self.min_guidance <= self.max_guidance) {
+            fail("max_guidance", format!("guidance {}..{} must be finite with 0 <= min_guidance <= max_guidance", self.min_guidance, self.max_guidance));
+        }
+        if self.max_batch == 0 || self.max_batch > LARGEST_MAX_BATCH {
+            fail("max_batch", format!("{} must be 1..{LARGEST_MAX_BATCH}", self.max_batch));
+        }
+        if !(self.max_lora_weight.is_finite() && self.max_lora_weight >= 0.0) {
+            fail("max_lora_weight", format!("{} must be a finite number >= 0", self.max_lora_weight));
+        }
+        errors
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -49,7 +91,6 @@ pub(crate) const DEFAULT_STRENGTH: f64 = 0.8;
 pub(crate) const DEFAULT_SIZE: u32 = 1024;
 pub(crate) const DEFAULT_QUALITY: u8 = 95;
 pub(crate) const DEFAULT_SAVE_PATH: &str = "outputs/";
-pub(crate) const DEFAULT_TIMEOUT_S: f64 = 300.0;
 /// Largest |weight| of a `(text:weight)` emphasis (nested parentheses multiply): beyond it
 /// scaled float16 embeddings overflow, and a non-finite weight makes NaN latents, a black image.
 pub(crate) const MAX_EMPHASIS_WEIGHT: f32 = 100.0;
@@ -144,7 +185,8 @@ pub struct GenerationPlan {
     pub micro_conditioning: MicroConditioning,
     pub rng: RngKind,
     pub prompt_truncation: PromptTruncation,
-    pub timeout_s: f64,
+    /// `metadata.timeout`: None means the engine config's `timeout_s`, or no timeout.
+    pub timeout_s: Option<f64>,
     pub warnings: Vec<String>,
 }
 
@@ -381,8 +423,8 @@ pub fn plan_request(
     }
 
     let metadata = request.metadata.clone().unwrap_or_default();
-    let timeout_s = metadata.timeout.unwrap_or(DEFAULT_TIMEOUT_S);
-    if !(timeout_s > 0.0 && timeout_s.is_finite()) {
+    let timeout_s = metadata.timeout;
+    if let Some(timeout_s) = timeout_s.filter(|t| !(*t > 0.0 && t.is_finite())) {
         errors.push(FieldError::new("metadata.timeout", format!("Invalid timeout: {timeout_s}. Must be > 0 seconds")));
     }
     if let Some(priority) = &metadata.priority {

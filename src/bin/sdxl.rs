@@ -89,6 +89,9 @@ struct GenerateArgs {
     /// `<models-dir>/loras/` and `<models-dir>/`. Repeat for several.
     #[arg(long = "lora", value_name = "PATH:WEIGHT")]
     loras: Vec<String>,
+    /// Give up after this many seconds of running (queue wait excluded); default: no limit.
+    #[arg(long)]
+    timeout: Option<f64>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -193,6 +196,9 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode, String> {
     if !args.loras.is_empty() {
         let models: Vec<Value> = args.loras.iter().map(|arg| parse_lora_arg(arg)).collect();
         request["lora"] = json!({"enabled": true, "models": models});
+    }
+    if let Some(timeout) = args.timeout {
+        request["metadata"] = json!({"timeout": timeout});
     }
     if builtin && args.steps.is_none() {
         request["hyperparameters"]["num_inference_steps"] = json!(10);

@@ -33,6 +33,9 @@ pub struct EngineConfig {
     /// Default for requests that don't set `precision.cpu_offload`: keep the text encoders
     /// and the VAE in host memory, on the device only while they run.
     pub cpu_offload: bool,
+    /// Seconds a request may run when it does not set `metadata.timeout`; None: no limit. The
+    /// clock starts when the request leaves the queue (see `Engine::handle_json`).
+    pub timeout_s: Option<f64>,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
             max_loaded_models: 2,
             max_memory_gb: None,
             cpu_offload: false,
+            timeout_s: None,
         }
     }
 }
@@ -111,6 +115,24 @@ impl EngineConfig {
                 crate::engine::memory::configure_device(&device)?;
                 Ok(device)
             }
+        }
+    }
+
+    /// Everything that can be judged from the config alone, before a device is opened.
+    pub fn check(&self) -> Result<()> {
+        let mut errors = self.limits.check();
+        if let Some(budget) = self.max_memory_gb {
+            if !(budget.is_finite() && budget > 0.0) {
+                errors.push(FieldError::new("max_memory_gb", format!("{budget} must be a finite number of GiB above 0")));
+            }
+        }
+        if let Some(timeout) = self.timeout_s.filter(|t| !(*t > 0.0 && t.is_finite())) {
+            errors.push(FieldError::new("timeout_s", format!("{timeout} must be a finite number of seconds above 0")));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Validation(errors))
         }
     }
 

@@ -17,7 +17,13 @@ fn dtype_bytes(dtype: DType) -> u64 {
     dtype.size_in_bytes() as u64
 }
 
-/// Peak bytes of activations for one request on the model (weights excluded).
+/// Product that saturates instead of wrapping: a request too large for u64 is simply too large.
+fn product(factors: &[u64]) -> u64 {
+    factors.iter().fold(1u64, |acc, &f| acc.saturating_mul(f))
+}
+
+/// Peak bytes of activations for one request on the model (weights excluded). Saturating
+/// arithmetic: an absurd request estimates as u64::MAX, never as a small wrapped number.
 pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     let unet = model.unet.config();
     let factor = model.vae.network().config().downscale_factor() as u64;
@@ -35,24 +41,29 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
                 crate::models::unet_2d_condition::PerBlock::Each(list) => *list.get(level).unwrap_or(&1) as u64,
             };
             // Scores and probabilities exist one query chunk at a time (models/attention.rs).
-            (2 * rows * heads * tokens * tokens * element).min(2 * SCORE_CHUNK_BYTES)
+            product(&[2, rows, heads, tokens, tokens, element]).min(2 * SCORE_CHUNK_BYTES)
         })
         .max()
         .unwrap_or(0);
     // Feature maps kept for the skip connections plus a few working buffers per level.
     let features: u64 = (0..levels)
-        .map(|level| rows * unet.block_out_channels[level] as u64 * (h >> level) * (w >> level) * element * 8)
-        .sum();
+        .map(|level| product(&[rows, unet.block_out_channels[level] as u64, h >> level, w >> level, element, 8]))
+        .fold(0u64, u64::saturating_add);
     let vae = model.vae.network().config();
     let vae_element = dtype_bytes(model.vae_dtype);
-    let latent_tokens = h * w;
-    let vae_attention = (2 * latent_tokens * latent_tokens * vae_element).min(2 * SCORE_CHUNK_BYTES);
-    let full_resolution = plan.height as u64 * plan.width as u64 * vae.block_out_channels[0] as u64 * vae_element * 4;
-    attention + features + vae_attention.max(full_resolution)
+    let latent_tokens = product(&[h, w]);
+    let vae_attention = product(&[2, latent_tokens, latent_tokens, vae_element]).min(2 * SCORE_CHUNK_BYTES);
+    let full_resolution = product(&[plan.height as u64, plan.width as u64, vae.block_out_channels[0] as u64, vae_element, 4]);
+    // cuDNN's fastest algorithm for the decoder's full-resolution convolutions takes a workspace
+    // about twice the size of their widest input (src/cuda/convolution.rs).
+    let convolution_workspace =
+        if cfg!(feature = "cudnn") { product(&[plan.height as u64, plan.width as u64, *vae.block_out_channels.get(1).unwrap_or(&0) as u64, vae_element, 2]) } else { 0 };
+    attention.saturating_add(features).saturating_add(vae_attention.max(full_resolution.saturating_add(convolution_workspace)))
 }
 
 /// `max_memory_gb` in bytes.
 pub fn gib_to_bytes(gib: f64) -> u64 {
+    // `as` saturates for floats (NaN → 0); the config check refuses non-finite budgets anyway.
     (gib * GIB) as u64
 }
 

@@ -75,6 +75,7 @@ fn new_request_id() -> String {
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self> {
+        config.check()?;
         let device = config.device()?;
         let mut engine_warnings = Vec::new();
         let mut dtype = config::parse_dtype("dtype", &config.dtype)?;
@@ -332,6 +333,9 @@ impl Engine {
         };
         // Queue behind any request in flight; a cancel aimed at that one must not hit this one.
         let _guard = self.run_lock.lock();
+        // The timeout's clock starts here: time spent queued behind other requests is not the
+        // request's own.
+        let running_since = Instant::now();
         self.cancel_requested.store(false, Ordering::SeqCst);
         let cpu_offload = request.precision.as_ref().and_then(|p| p.cpu_offload).unwrap_or(self.config.cpu_offload);
         if cpu_offload && self.device.is_cpu() {
@@ -347,7 +351,7 @@ impl Engine {
         if lora_report.layers_patched + lora_report.layers_restored > 0 {
             tracing::info!(patched = lora_report.layers_patched, restored = lora_report.layers_restored, ms = lora_report.elapsed.as_millis() as u64, "LoRA adapters changed");
         }
-        let result = self.generate_with_model(&model, &plan, init_image.as_ref(), &loaded_loras, started);
+        let result = self.generate_with_model(&model, &plan, init_image.as_ref(), &loaded_loras, started, running_since);
         // The failed request's tensors are dropped by now; its queued work and cached blocks are not.
         if let Err(Error::OutOfMemory(message)) = &result {
             let released = match memory::release_device_memory(&self.device) {
@@ -367,11 +371,13 @@ impl Engine {
         init_image: Option<&image::RgbImage>,
         loaded_loras: &[crate::lora::LoadedLora],
         started: Instant,
+        running_since: Instant,
     ) -> Result<GenerationData> {
-        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, deadline_s: plan.timeout_s, started, peak_memory: 0 };
+        let deadline_s = plan.timeout_s.or(self.config.timeout_s).unwrap_or(f64::INFINITY);
+        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, deadline_s, started: running_since, peak_memory: 0 };
         let mut ctx = RunContext { device: &self.device, noise_kernel: self.noise_kernel, progress: &mut observer, started };
         let batch = pipeline::generate(model, plan, init_image, &mut ctx, None).map_err(|err| match err {
-            Error::Cancelled if started.elapsed().as_secs_f64() > plan.timeout_s => Error::Timeout(plan.timeout_s),
+            Error::Cancelled if running_since.elapsed().as_secs_f64() > deadline_s => Error::Timeout(deadline_s),
             other => other,
         })?;
 

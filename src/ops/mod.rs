@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(feature = "cuda")]
 use candle_core::DType;
-use candle_core::{Device, Module, Tensor, D};
+#[cfg(feature = "cuda")]
+use candle_core::Device;
+use candle_core::{Module, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
@@ -33,12 +35,9 @@ fn fused_on(device: &Device) -> bool {
     device.is_cuda() && fused_kernels()
 }
 
-#[cfg(not(feature = "cuda"))]
-fn fused_on(_: &Device) -> bool {
-    false
-}
 
 /// `nn.GroupNorm` (diffusers' resnets, transformers, VAE), optionally followed by SiLU.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub struct GroupNorm {
     plain: candle_nn::GroupNorm,
     weight: Tensor,
