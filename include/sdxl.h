@@ -139,7 +139,10 @@ extern "C" {
  * "cuda:N", "auto"), `dtype`, `vae_dtype`, `models_dir`, `output_dir`, `limits`,
  * `torch_cpu_kernel`, `max_loaded_models`, `max_memory_gb` (budget for cached weights plus
  * a request's activations; default: the device's free memory less headroom), `cpu_offload`
- * (default placement for requests that don't set `precision.cpu_offload`).
+ * (default placement for requests that don't set `precision.cpu_offload`), `timeout_s`
+ * (seconds a request may run when it sets no `metadata.timeout`; default: no limit).
+ * Limits and budgets are checked here: NULL with `sdxl_last_error()` naming the field for a
+ * config later requests could not run with (e.g. `limits.size_multiple` 0, a negative budget).
  * Returns NULL on failure; `sdxl_last_error()` says why. Free with `sdxl_free`.
  * Thread safety: may be called from any thread.
  */

@@ -125,3 +125,24 @@ fn text_encoders_saved_without_the_text_model_prefix_load_too() {
     candle_core::safetensors::save(&tensors, &path).unwrap();
     loader::load_diffusers_folder(&dir, &cpu_options()).expect("transformers 5 layout loads");
 }
+
+#[test]
+fn pickle_checkpoints_are_refused_with_how_to_convert_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // A zip archive (torch.save's format since 1.6) and a bare protocol-2 pickle.
+    for (name, bytes) in [("model.ckpt", b"PK\x03\x04rest-of-a-zip".to_vec()), ("old.pt", vec![0x80, 0x02, b'}', b'q', 0x00, b'.'])] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let error = match sdxl::loader::load_single_file(&path, &common::cpu_options()) {
+            Ok(_) => panic!("{name} loaded"),
+            Err(error) => error,
+        };
+        assert_eq!(error.code_name(), "UNSUPPORTED", "{name}: {error}");
+        let message = error.to_string();
+        assert!(message.contains("safetensors") && message.contains("weights_only=True"), "{name}: {message}");
+    }
+    // models_dir/<name>.ckpt is found (and refused), as the seed's worker resolved it.
+    std::fs::write(dir.path().join("legacy.ckpt"), b"PK\x03\x04zip").unwrap();
+    let location = sdxl::loader::resolve_model("legacy", Some(dir.path())).expect("found");
+    assert_eq!(location, sdxl::loader::ModelLocation::SingleFile(dir.path().join("legacy.ckpt")));
+}

@@ -171,7 +171,7 @@ namespace DeviceOperations.Sdxl
                     .Add("metadata", new JsonObject()
                         .Add("request_id", requestId)
                         .Add("priority", "normal")
-                        .Add("timeout", 300)
+                        .Add("timeout", request.TimeoutSeconds)
                         .Add("tags", GenerateRequestTags(request)));
 
                 return new JsonObject()

@@ -18,6 +18,10 @@ namespace DeviceOperations.Sdxl
         /// <summary>Not in the seed's model (its transformer always sent float16/float32, no
         /// offload, slicing on): a member left null is not sent, so the engine's config decides.</summary>
         public PrecisionConfiguration Precision { get; set; }
+        /// <summary>Seconds the request may run once it leaves the engine's queue
+        /// (`metadata.timeout`). Null (the default): no limit unless the engine config sets
+        /// `timeout_s`. The seed always sent 300, which cut a CPU engine's first 1024² request.</summary>
+        public double? TimeoutSeconds { get; set; }
     }
 
     /// <summary>The request's `precision` object; each null member keeps the engine's setting

@@ -403,6 +403,7 @@ namespace DeviceOperations.Sdxl.Tests
                 request.Model.Refiner = "sdxl-refiner";
                 response = await engine.GenerateAsync(request);
                 Assert.SequenceEqual(new[] { "models.refiner" }, response.FieldErrors.Select(f => f.Field), "a refiner is refused as unsupported (" + response.Error + ")");
+                Assert.Equal("UNSUPPORTED", response.ErrorCode, "a feature this build lacks is UNSUPPORTED, not VALIDATION_ERROR");
 
                 var service = new SdxlNativeService(engine);
                 request = TinyRequest(2);

@@ -223,7 +223,10 @@ namespace DeviceOperations.Sdxl.Tests
                 var metadata = Obj(data, "metadata");
                 Assert.Equal("req-9", Json.GetString(metadata, "request_id"), "metadata.request_id");
                 Assert.Equal("normal", Json.GetString(metadata, "priority"), "priority");
-                Assert.Equal(300L, Json.GetLong(metadata, "timeout").Value, "timeout");
+                Assert.Missing(metadata, "timeout", "no timeout unless the caller sets TimeoutSeconds");
+                var timed = Minimal();
+                timed.TimeoutSeconds = 42.5;
+                Assert.Equal(42.5, Json.GetDouble(Obj(Data(timed), "metadata"), "timeout").Value, "metadata.timeout from TimeoutSeconds");
                 Assert.SequenceEqual(new[] { "worker_type", "prompt", "negative_prompt", "model_name", "hyperparameters", "dimensions", "scheduler", "models", "lora", "controlnet", "output", "batch", "metadata" },
                     data.Keys, "data members (negative_prompt always, as the seed sends it)");
             });

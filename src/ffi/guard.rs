@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
 use crate::error::{Error, Result};
@@ -37,6 +38,10 @@ thread_local! {
     static INSIDE_GUARD: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Exports running now, on any thread: a panic on a thread the library started for a call
+/// (candle's worker threads, the kernel-compile threads) happens while one runs.
+static ACTIVE_CALLS: AtomicUsize = AtomicUsize::new(0);
+
 /// Panics inside an export must not print to the host's stderr: their message goes to the
 /// log callback and the last error. Panics elsewhere in the process keep the previous hook.
 fn install_quiet_panic_hook() {
@@ -44,7 +49,7 @@ fn install_quiet_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !INSIDE_GUARD.with(|inside| inside.get()) {
+            if !INSIDE_GUARD.with(|inside| inside.get()) && ACTIVE_CALLS.load(Ordering::SeqCst) == 0 {
                 previous(info);
                 return;
             }
@@ -65,7 +70,9 @@ pub fn guard<T>(on_error: impl FnOnce(&Error) -> T, body: impl FnOnce() -> Resul
     install_quiet_panic_hook();
     clear_last_error();
     let was_inside = INSIDE_GUARD.with(|inside| inside.replace(true));
+    ACTIVE_CALLS.fetch_add(1, Ordering::SeqCst);
     let outcome = catch_unwind(AssertUnwindSafe(body));
+    ACTIVE_CALLS.fetch_sub(1, Ordering::SeqCst);
     INSIDE_GUARD.with(|inside| inside.set(was_inside));
     let err = match outcome {
         Ok(Ok(value)) => return value,
@@ -81,6 +88,19 @@ pub fn guard<T>(on_error: impl FnOnce(&Error) -> T, body: impl FnOnce() -> Resul
     };
     set_last_error(err.code(), &err.to_string());
     on_error(&err)
+}
+
+/// For the exports that cannot fail and must not touch the last error (`sdxl_last_error`,
+/// `sdxl_version`, `sdxl_string_free`): a panic still never unwinds into the host; it gives
+/// `fallback`.
+pub fn guard_infallible<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    install_quiet_panic_hook();
+    let was_inside = INSIDE_GUARD.with(|inside| inside.replace(true));
+    ACTIVE_CALLS.fetch_add(1, Ordering::SeqCst);
+    let outcome = catch_unwind(AssertUnwindSafe(body));
+    ACTIVE_CALLS.fetch_sub(1, Ordering::SeqCst);
+    INSIDE_GUARD.with(|inside| inside.set(was_inside));
+    outcome.unwrap_or(fallback)
 }
 
 /// Borrows a C string argument: NULL and invalid UTF-8 are errors naming the argument.

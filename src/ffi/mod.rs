@@ -9,7 +9,7 @@ use std::ffi::{c_char, c_void};
 use crate::engine::{Engine, ProgressCallback};
 use crate::error::Error;
 use crate::pipeline::ProgressEvent;
-use guard::{borrow_str, guard, last_error_code, last_error_ptr, to_c_string};
+use guard::{borrow_str, guard, guard_infallible, last_error_code, last_error_ptr, to_c_string};
 
 /// Operation succeeded.
 pub const SDXL_OK: i32 = 0;
@@ -264,27 +264,32 @@ pub unsafe extern "C" fn sdxl_free(engine: *mut SdxlEngine) {
 /// Frees a string returned by this library. NULL is ignored. Never pass other strings.
 #[no_mangle]
 pub unsafe extern "C" fn sdxl_string_free(text: *mut c_char) {
-    if !text.is_null() {
-        drop(std::ffi::CString::from_raw(text));
-    }
+    guard_infallible((), || {
+        if !text.is_null() {
+            drop(std::ffi::CString::from_raw(text));
+        }
+    })
 }
 
 /// The calling thread's last error message ("" if the last call succeeded). Owned by the
 /// library; valid until the next call on this thread. Never NULL.
 #[no_mangle]
 pub extern "C" fn sdxl_last_error() -> *const c_char {
-    last_error_ptr()
+    guard_infallible(EMPTY.as_ptr() as *const c_char, last_error_ptr)
 }
+
+/// What `sdxl_last_error` returns if reading the message itself failed.
+const EMPTY: &[u8] = b"\0";
 
 /// The calling thread's last error code (`SDXL_OK` if the last call succeeded), the
 /// number matching `sdxl_last_error()`'s text, e.g. why `sdxl_create` returned NULL.
 #[no_mangle]
 pub extern "C" fn sdxl_last_error_code() -> i32 {
-    last_error_code()
+    guard_infallible(SDXL_ERR_INTERNAL, last_error_code)
 }
 
 /// The version of the library actually loaded, e.g. "0.1.0". Static; never NULL.
 #[no_mangle]
 pub extern "C" fn sdxl_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+    guard_infallible(EMPTY.as_ptr() as *const c_char, || concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char)
 }

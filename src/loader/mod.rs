@@ -55,7 +55,9 @@ pub fn resolve_model(name: &str, models_dir: Option<&Path>) -> Result<ModelLocat
         return Ok(found);
     }
     if let Some(dir) = models_dir {
-        for candidate in [dir.join(format!("{name}.safetensors")), dir.join(name)] {
+        // `.ckpt` is looked up as the seed's worker did, so the user learns how to convert it
+        // instead of hearing that nothing was found.
+        for candidate in [dir.join(format!("{name}.safetensors")), dir.join(name), dir.join(format!("{name}.ckpt"))] {
             if let Some(found) = classify(candidate) {
                 return Ok(found);
             }
@@ -65,6 +67,30 @@ pub fn resolve_model(name: &str, models_dir: Option<&Path>) -> Result<ModelLocat
         "'{name}' is not a file or folder, and not {}<name>.safetensors or a diffusers folder there (models are never downloaded)",
         models_dir.map(|d| format!("{}/", d.display())).unwrap_or_else(|| "in models_dir (none configured): ".into())
     )))
+}
+
+/// PyTorch checkpoints (`.ckpt`, `.pt`, `.pth`, `.bin`: a zip archive or a bare pickle) are
+/// refused, not unpickled: loading a pickle can run arbitrary code, and SDXL checkpoints are
+/// published as safetensors. The message says how to convert one.
+fn refuse_pickle_checkpoint(path: &Path) -> Result<()> {
+    use std::io::Read;
+    // A safetensors file starts with its header's length (8 bytes) and then '{'.
+    let mut head = [0u8; 9];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    let safetensors = read == 9 && head[8] == b'{';
+    let zip = read >= 4 && head[..4] == *b"PK\x03\x04";
+    let pickle = read >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]);
+    if !safetensors && (zip || pickle) {
+        return Err(Error::Unsupported(format!(
+            "{} is a PyTorch pickle checkpoint; this library loads safetensors only (unpickling can run code). \
+             Convert it once: python -c \"import torch, safetensors.torch as st; sd = torch.load('{name}', map_location='cpu', weights_only=True); \
+             sd = sd.get('state_dict', sd); st.save_file({{k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}}, '{stem}.safetensors')\"",
+            path.display(),
+            name = path.display(),
+            stem = path.with_extension("").display(),
+        )));
+    }
+    Ok(())
 }
 
 /// Everything a txt2img/img2img run needs, loaded once and reused across requests.
@@ -399,6 +425,7 @@ pub fn load_diffusers_folder(dir: &Path, options: &LoadOptions) -> Result<SdxlMo
 }
 
 pub fn load_single_file(path: &Path, options: &LoadOptions) -> Result<SdxlModel> {
+    refuse_pickle_checkpoint(path)?;
     let file = Arc::new(SafetensorsFile::open(path)?);
     single_file::require_sdxl_base(file.names(), &path.display().to_string())?;
     let configs = match options.config_dir {
