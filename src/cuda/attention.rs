@@ -1,15 +1,18 @@
 //! Fused attention for head_dim 64, float16/bfloat16, no mask (kernels/flash_attention.cu).
 
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Shape};
 
 pub(crate) const HEAD_DIM: usize = 64;
+/// The kernel's BLOCK_M (4 warps × M_TILES × 16 rows).
 const BLOCK_QUERIES: usize = 64;
 const THREADS: u32 = 128;
-/// `Tiles` in the kernel: a query tile and two stages of key and value tiles, 64 × 72 halves each.
-const SHARED_BYTES: u32 = 5 * 64 * 72 * 2;
+/// `Tiles` in the kernel: the query tile and two stages of 64-row key and value tiles, rows of
+/// 72 halves.
+const SHARED_BYTES: u32 = (BLOCK_QUERIES as u32 + 4 * 64) * 72 * 2;
 
 /// `(q, k, v)` as `[batch, tokens, heads, 64]` (contiguous) → `[batch, q_tokens, heads, 64]`.
 pub(crate) struct FlashAttention {
@@ -87,6 +90,9 @@ impl FlashAttention {
         // SAFETY: every query row below q_len is written by the kernel.
         let mut out = unsafe { stream.alloc::<T>(shape.batch * shape.q_len * shape.heads * HEAD_DIM) }.w()?;
         let kernel = super::function(device, "flash_attention", &format!("flash_attention_{suffix}"))?;
+        kernel
+            .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SHARED_BYTES as i32)
+            .map_err(|e| candle_core::Error::Cuda(format!("flash-attention shared memory limit: {e}").into()))?;
         let (heads, q_len, kv_len) = (shape.heads as i32, shape.q_len as i32, shape.kv_len as i32);
         let mut builder = stream.launch_builder(&kernel);
         builder.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&heads).arg(&q_len).arg(&kv_len).arg(&self.scale);

@@ -49,7 +49,10 @@ fn launch<T: DeviceRepr>(storage: &CudaStorage, input: &CudaSlice<T>, layout: &L
     let (rows_arg, inner_arg) = (rows as i64, inner as i64);
     let mut builder = stream.launch_builder(&kernel);
     builder.arg(&input).arg(&mut output).arg(&rows_arg).arg(&inner_arg);
-    let column_blocks = inner.div_ceil(256).clamp(1, 1024) as u32;
+    // Half-precision rows go two columns per thread when aligned (the kernel decides the same
+    // way; a grid sized for pairs is still right when it falls back, via its stride loop).
+    let columns = if storage.dtype().size_in_bytes() == 2 && inner % 2 == 0 { inner / 2 } else { inner };
+    let column_blocks = columns.div_ceil(256).clamp(1, 1024) as u32;
     let row_blocks = rows.clamp(1, 65535) as u32;
     // SAFETY: argument types match the kernel; its grid-stride loops cover every element.
     unsafe { builder.launch(LaunchConfig { grid_dim: (column_blocks, row_blocks, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }.w()?;
