@@ -298,6 +298,11 @@ pub fn plan_request(
         Some(options) => SchedulerOverrides::from_request(options, &mut errors),
     }
     .or(SchedulerKind::alias_overrides(&scheduler_name));
+    // Judged here, before any model is loaded: an option the chosen scheduler has no use for.
+    if let Err(error) = crate::schedulers::capabilities::reject_unhonoured_options(scheduler, &scheduler_overrides, 1) {
+        let message = error.to_string();
+        errors.push(FieldError::new("scheduler_options", message.strip_prefix("unsupported: ").unwrap_or(&message).to_string()));
+    }
 
     // Which files the names mean and whether they fit the model is checked when they are
     // applied (crate::lora::apply_request), with the same field paths.
