@@ -31,7 +31,7 @@ fn components(c: &mut Criterion) {
         })
     });
     c.bench_function("encode_prompt_and_negative", |b| {
-        b.iter(|| encode_conditioning(&model, prompt, Some("blurry"), true, PromptTruncation::Chunked, &Device::Cpu).unwrap())
+        b.iter(|| encode_conditioning(&model, prompt, Some("blurry"), true, PromptTruncation::Chunked, 16, &Device::Cpu).unwrap())
     });
     let sample = Tensor::randn(0f32, 1.0, (2, 4, 32, 32), &Device::Cpu).unwrap();
     let context = Tensor::randn(0f32, 1.0, (2, 77, 20), &Device::Cpu).unwrap();

@@ -114,11 +114,11 @@ fn long_prompts_use_75_token_windows_and_the_negative_is_padded_to_match() {
     let long_prompt = vec!["a red cube on a blue table"; 20].join(", ");
     let windows = model.tokenizer.windows(&long_prompt, PromptTruncation::Chunked).unwrap().len();
     assert!(windows >= 2, "{windows} windows");
-    let chunked = encode_conditioning(&model, &long_prompt, Some("blurry"), true, PromptTruncation::Chunked, &Device::Cpu).unwrap();
+    let chunked = encode_conditioning(&model, &long_prompt, Some("blurry"), true, PromptTruncation::Chunked, 16, &Device::Cpu).unwrap();
     assert_eq!(chunked.positive.hidden_states.dims(), &[1, 77 * windows, 20]);
     assert_eq!(chunked.negative.as_ref().unwrap().hidden_states.dims(), &[1, 77 * windows, 20]);
     // The pooled embedding is the first window's: the same as diffusers' truncated prompt.
-    let truncated = encode_conditioning(&model, &long_prompt, Some("blurry"), true, PromptTruncation::Diffusers, &Device::Cpu).unwrap();
+    let truncated = encode_conditioning(&model, &long_prompt, Some("blurry"), true, PromptTruncation::Diffusers, 16, &Device::Cpu).unwrap();
     assert_eq!(truncated.positive.hidden_states.dims(), &[1, 77, 20]);
     assert_close("first-window pooled", &chunked.positive.pooled, &truncated.positive.pooled, 0.0);
     assert_close("first window states", &chunked.positive.hidden_states.narrow(1, 0, 77).unwrap(), &truncated.positive.hidden_states, 0.0);

@@ -25,6 +25,8 @@ pub struct Limits {
     pub max_guidance: f64,
     pub max_batch: u32,
     pub max_lora_weight: f64,
+    /// 75-token windows a prompt (or negative prompt) may take in chunked mode.
+    pub max_prompt_windows: u32,
 }
 
 /// The largest `limits.max_size` an engine accepts: beyond it no GPU holds even one image's
@@ -62,6 +64,9 @@ impl Limits {
         if self.max_batch == 0 || self.max_batch > LARGEST_MAX_BATCH {
             fail("max_batch", format!("{} must be 1..{LARGEST_MAX_BATCH}", self.max_batch));
         }
+        if self.max_prompt_windows == 0 || self.max_prompt_windows > 1024 {
+            fail("max_prompt_windows", format!("{} must be 1..1024", self.max_prompt_windows));
+        }
         if !(self.max_lora_weight.is_finite() && self.max_lora_weight >= 0.0) {
             fail("max_lora_weight", format!("{} must be a finite number >= 0", self.max_lora_weight));
         }
@@ -81,6 +86,7 @@ impl Default for Limits {
             max_guidance: 30.0,
             max_batch: 9,
             max_lora_weight: 2.0,
+            max_prompt_windows: 16,
         }
     }
 }
@@ -187,6 +193,8 @@ pub struct GenerationPlan {
     pub prompt_truncation: PromptTruncation,
     /// `metadata.timeout`: None means the engine config's `timeout_s`, or no timeout.
     pub timeout_s: Option<f64>,
+    /// From `limits.max_prompt_windows` (checked once the prompt is tokenized).
+    pub max_prompt_windows: usize,
     pub warnings: Vec<String>,
 }
 
@@ -401,6 +409,14 @@ pub fn plan_request(
             PromptTruncation::Chunked
         }
     };
+    // Tokens are at least one byte each (most are several): a text longer than this cannot fit
+    // the window limit, and is refused before the tokenizer spends seconds on it.
+    let max_prompt_bytes = limits.max_prompt_windows as usize * 75 * 64;
+    for (field, text) in [("prompt", Some(prompt.as_str())), ("negative_prompt", request.negative_prompt.as_deref())] {
+        if let Some(length) = text.map(str::len).filter(|&length| prompt_truncation == PromptTruncation::Chunked && length > max_prompt_bytes) {
+            errors.push(FieldError::new(field, format!("{length} bytes is longer than limits.max_prompt_windows ({}) windows of 75 tokens can hold", limits.max_prompt_windows)));
+        }
+    }
     if prompt_truncation == PromptTruncation::Chunked {
         for (field, text) in [("prompt", Some(prompt.as_str())), ("negative_prompt", request.negative_prompt.as_deref())] {
             if let Some(weight) = text.into_iter().flat_map(crate::tokenizer::parse_weighted_prompt).map(|s| s.weight).find(|w| !(w.is_finite() && w.abs() <= MAX_EMPHASIS_WEIGHT)) {
@@ -481,6 +497,7 @@ pub fn plan_request(
         rng,
         prompt_truncation,
         timeout_s,
+        max_prompt_windows: limits.max_prompt_windows as usize,
         warnings,
     })
 }

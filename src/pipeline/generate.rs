@@ -93,7 +93,7 @@ pub fn generate(
     let stage_start = Instant::now();
     ctx.report(Stage::Encode, 0, 0, plan.steps, 0)?;
     let Conditioning { positive, negative } =
-        encode_conditioning(model, &plan.prompt, plan.negative_prompt.as_deref(), guidance, plan.prompt_truncation, device)?;
+        encode_conditioning(model, &plan.prompt, plan.negative_prompt.as_deref(), guidance, plan.prompt_truncation, plan.max_prompt_windows, device)?;
     let repeat = |t: &Tensor| -> Result<Tensor> {
         let mut dims = vec![batch];
         dims.extend(std::iter::repeat(1).take(t.rank() - 1));

@@ -94,12 +94,23 @@ pub fn encode_conditioning(
     negative_prompt: Option<&str>,
     guidance: bool,
     truncation: PromptTruncation,
+    max_windows: usize,
     device: &Device,
 ) -> Result<Conditioning> {
     // diffusers zeroes the negative only when none was given at all; "" is encoded like a prompt.
     let zero_negative = negative_prompt.is_none() && model.force_zeros_for_empty_prompt;
     let positive_tokens = tokenize(model, prompt, truncation)?;
     let negative_tokens = if guidance && !zero_negative { Some(tokenize(model, negative_prompt.unwrap_or(""), truncation)?) } else { None };
+    // Every window is a text-encoder pass and 77 more keys in every cross-attention of every
+    // step: a prompt of a megabyte would run for minutes without a step to cancel at.
+    for (field, tokens) in [("prompt", Some(&positive_tokens)), ("negative_prompt", negative_tokens.as_ref())] {
+        if let Some(count) = tokens.map(|t| t.windows_1.len()).filter(|&count| count > max_windows) {
+            return Err(crate::error::Error::validation(
+                field,
+                format!("{count} windows of 75 tokens is more than limits.max_prompt_windows ({max_windows}); shorten it or raise the limit"),
+            ));
+        }
+    }
     let windows = positive_tokens.windows_1.len().max(negative_tokens.as_ref().map_or(0, |n| n.windows_1.len()));
     // Offloaded encoders come onto the device here and leave it when this function returns.
     let (text_encoder, text_encoder_2) = (model.text_encoder.on_device()?, model.text_encoder_2.on_device()?);

@@ -55,7 +55,7 @@ fn bench(device: &Device, steps: u32) -> sdxl::Result<()> {
     let mut encode_times = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        let cond = encode_conditioning(&model, prompt, Some("blurry"), true, sdxl::api::validate::PromptTruncation::Chunked, device)?;
+        let cond = encode_conditioning(&model, prompt, Some("blurry"), true, sdxl::api::validate::PromptTruncation::Chunked, 16, device)?;
         cond.positive.hidden_states.sum_all()?;
         encode_times.push(seconds_since(start, device)? * 1000.0);
     }
