@@ -66,7 +66,7 @@
 #define SDXL_ERR_OUT_OF_MEMORY -8
 
 /**
- * Cancelled by sdxl_cancel or a progress callback returning false.
+ * Cancelled by sdxl_cancel_request, sdxl_cancel, a progress callback returning false, or sdxl_free.
  */
 #define SDXL_ERR_CANCELLED -9
 
@@ -89,6 +89,12 @@
  * A bug, including a panic caught at the boundary.
  */
 #define SDXL_ERR_INTERNAL -13
+
+/**
+ * Not an error: `sdxl_cancel_request` found no running or queued request with that id
+ * (it already finished, or never reached the engine), so nothing was cancelled.
+ */
+#define SDXL_REQUEST_NOT_FOUND 1
 
 /**
  * An engine: one device, its loaded models, its request queue. Opaque.
@@ -152,8 +158,8 @@ struct SdxlEngine *sdxl_create(const char *config_json);
  * Loads a model and keeps it resident: `{"base": "name or path"}` (also `"model_name"`,
  * and `"config"`: a diffusers folder describing a single-file checkpoint of unusual size).
  * Returns `SDXL_OK` (0) or a negative `SDXL_ERR_*` code; `sdxl_last_error()` says why.
- * Thread safety: safe to call concurrently with other calls on the same engine; it waits
- * for the request in flight.
+ * Thread safety: safe to call concurrently with other calls on the same engine; it queues
+ * at normal priority behind the request in flight, like a request.
  */
 int32_t sdxl_load_model(struct SdxlEngine *engine, const char *model_json);
 
@@ -162,7 +168,11 @@ int32_t sdxl_load_model(struct SdxlEngine *engine, const char *model_json);
  * Accepts an `inference_request`, `status_request` or `model_load_request` envelope, a bare
  * request object, or the seed's legacy flat fields. Returns NULL only when `engine` is NULL.
  * The caller owns the returned string and frees it with `sdxl_string_free`.
- * Thread safety: safe from many threads; requests on one engine run one at a time, in order.
+ * The request's id is the envelope's `request_id`, else `metadata.request_id`, else one the
+ * engine makes up; it is what `sdxl_cancel_request` and the progress callback use.
+ * Thread safety: safe from many threads; requests on one engine run one at a time. Waiting
+ * requests run in `metadata.priority` order (high, normal, low), first come first served
+ * within a level; a request's own time limit starts when it leaves the queue.
  */
 char *sdxl_generate_json(struct SdxlEngine *engine, const char *request_json);
 
@@ -175,9 +185,24 @@ char *sdxl_status_json(const struct SdxlEngine *engine);
 
 /**
  * Asks the request in flight on this engine to stop; it returns `CANCELLED` within one
- * denoising step. No effect when idle. Thread safety: meant to be called from another thread.
+ * denoising step. No effect when idle, and none on queued requests. Whatever runs when the
+ * call arrives is cancelled, which may already be the next request: to cancel one request
+ * only, use `sdxl_cancel_request`. Thread safety: meant to be called from another thread.
  */
 int32_t sdxl_cancel(const struct SdxlEngine *engine);
+
+/**
+ * Cancels exactly the request with this id (see `sdxl_generate_json` for where the id comes
+ * from) and nothing else. A running request returns `CANCELLED` within one denoising step; a
+ * queued one (or one still being checked) returns `CANCELLED` at once, without running; a
+ * model load that has started is not interrupted. Returns `SDXL_OK` (0) when such a request
+ * was running or queued, `SDXL_REQUEST_NOT_FOUND` (1, not an error: `sdxl_last_error()` stays
+ * "") when none was, e.g. it already finished, so a late cancel never reaches another
+ * request. Requests sharing an id are all cancelled: give each its own. `SDXL_ERR_INVALID_ARGUMENT`
+ * for a NULL engine or a NULL / non-UTF-8 id.
+ * Thread safety: meant to be called from any thread, also from a progress callback.
+ */
+int32_t sdxl_cancel_request(const struct SdxlEngine *engine, const char *request_id);
 
 /**
  * Sets (or, with a NULL callback, clears) the engine's progress callback. `user_data` is
@@ -195,8 +220,14 @@ int32_t sdxl_set_progress_callback(struct SdxlEngine *engine, SdxlProgressCallba
 int32_t sdxl_set_log_callback(SdxlLogCallback callback, uint32_t max_level, void *user_data);
 
 /**
- * Frees an engine and every model it holds. NULL is ignored. Must not race with other
- * calls on the same engine: the host stops issuing calls, then frees.
+ * Frees an engine and every model it holds. NULL is ignored.
+ * Thread safety: may be called while other threads are inside calls on this engine. The
+ * running request and every queued one are cancelled (their `sdxl_generate_json` returns a
+ * `CANCELLED` response; a model load that has started runs to its end), and `sdxl_free`
+ * waits until every call on the engine has returned before it frees: about one denoising
+ * step, plus whatever load is under way. The host must not start a new call on the engine
+ * once it has called `sdxl_free` (the pointer may already dangle), nor call `sdxl_free` from
+ * a progress callback of the same engine (it would wait for itself).
  */
 void sdxl_free(struct SdxlEngine *engine);
 

@@ -117,11 +117,26 @@ fn null_engine_is_an_invalid_argument_for_every_function() {
         assert!(!last_error().is_empty());
         assert_eq!(sdxl_cancel(ptr::null()), SDXL_ERR_INVALID_ARGUMENT);
         assert!(!last_error().is_empty());
+        assert_eq!(sdxl_cancel_request(ptr::null(), request.as_ptr()), SDXL_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("engine is NULL"), "last error: {}", last_error());
         assert_eq!(sdxl_set_progress_callback(ptr::null_mut(), None, ptr::null_mut()), SDXL_ERR_INVALID_ARGUMENT);
         assert!(!last_error().is_empty());
         assert_eq!(sdxl_last_error_code(), SDXL_ERR_INVALID_ARGUMENT);
         sdxl_free(ptr::null_mut());
         sdxl_string_free(ptr::null_mut());
+    }
+}
+
+#[test]
+fn cancel_request_refuses_a_bad_id_and_reports_an_unknown_one_without_an_error() {
+    let engine = TestEngine::new();
+    unsafe {
+        assert_eq!(sdxl_cancel_request(engine.handle, ptr::null()), SDXL_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("request_id"), "last error: {}", last_error());
+        assert_eq!(sdxl_cancel_request(engine.handle, c_bytes(b"\xff").as_ptr()), SDXL_ERR_INVALID_ARGUMENT);
+        assert_eq!(sdxl_cancel_request(engine.handle, c_bytes(b"never-sent").as_ptr()), SDXL_REQUEST_NOT_FOUND);
+        assert_eq!(last_error(), "", "an unknown id is not an error");
+        assert_eq!(sdxl_last_error_code(), SDXL_OK);
     }
 }
 
@@ -292,6 +307,7 @@ fn header_error_codes_equal_the_rust_error_codes() {
         ("SDXL_ERR_IO", SDXL_ERR_IO, Some(sdxl::Error::Io(String::new()))),
         ("SDXL_ERR_UNSUPPORTED", SDXL_ERR_UNSUPPORTED, Some(sdxl::Error::Unsupported(String::new()))),
         ("SDXL_ERR_INTERNAL", SDXL_ERR_INTERNAL, Some(sdxl::Error::Internal(String::new()))),
+        ("SDXL_REQUEST_NOT_FOUND", SDXL_REQUEST_NOT_FOUND, None),
     ];
     for (name, value, error) in codes {
         assert!(header.contains(&format!("#define {name} {value}\n")), "include/sdxl.h lacks `#define {name} {value}`");

@@ -7,5 +7,5 @@ pub mod validate;
 
 pub use envelope::{normalize_legacy_fields, parse_message, Message};
 pub use request::GenerationRequest;
-pub use response::{GeneratedImage, GenerationData, ProcessingMetrics, Response, StageTimes};
+pub use response::{GeneratedImage, GenerationData, ProcessingMetrics, Response, ServedMetadata, StageTimes};
 pub use validate::{parse_request, plan_request, GenerationPlan, ImageFormat, Limits};

@@ -39,10 +39,21 @@ pub struct ProcessingMetrics {
     pub peak_memory_bytes: u64,
 }
 
+/// The request's `metadata` as the engine served it: the priority it queued at and its tags,
+/// echoed so a host can match responses to its own bookkeeping.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServedMetadata {
+    /// "high", "normal" (also when the request named none) or "low".
+    pub priority: String,
+    pub tags: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GenerationData {
     pub generated_images: Vec<GeneratedImage>,
     pub processing_metrics: ProcessingMetrics,
+    #[serde(default)]
+    pub metadata: ServedMetadata,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,9 +1,11 @@
 //! The engine behind a handle: device, model cache, request dispatch, progress and
-//! cancellation. One engine serialises its device work; it is safe to call from many threads.
+//! cancellation. One engine serialises its device work through a priority queue; it is safe
+//! to call from many threads.
 
 pub mod config;
 pub mod logging;
 pub mod memory;
+pub mod request_queue;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,12 +18,15 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::api::validate::GenerationPlan;
-use crate::api::{self, GeneratedImage, GenerationData, Message, ProcessingMetrics, Response};
+use crate::api::request::GenerationRequest;
+use crate::api::{self, GeneratedImage, GenerationData, Message, ProcessingMetrics, Response, ServedMetadata};
 use crate::error::{Error, Result};
 use crate::loader::{self, LoadOptions, SdxlModel};
 use crate::pipeline::{self, ProgressEvent, ProgressObserver, RunContext, Stage};
 use crate::rng::NormalKernel;
 pub use config::EngineConfig;
+pub use request_queue::Priority;
+use request_queue::{RequestQueue, Ticket};
 
 /// A host's progress callback: returns false to cancel.
 pub type ProgressCallback = Box<dyn FnMut(&str, &ProgressEvent) -> bool + Send>;
@@ -49,9 +54,9 @@ pub struct Engine {
     models: Mutex<HashMap<ModelKey, LoadedModel>>,
     /// Parsed LoRA files, shared by every model (adapters are matched to a model when applied).
     loras: crate::lora::LoraCache,
-    /// Serialises device work: one request runs at a time, others queue fairly.
-    run_lock: Mutex<()>,
-    cancel_requested: AtomicBool,
+    /// Serialises device work: one request (or model load) runs at a time, the others wait
+    /// in priority order; each holds a ticket with its own cancel flag.
+    queue: RequestQueue,
     progress: Mutex<Option<ProgressCallback>>,
     requests_served: AtomicU64,
     use_counter: AtomicU64,
@@ -102,8 +107,7 @@ impl Engine {
             engine_warnings,
             models: Mutex::new(HashMap::new()),
             loras: crate::lora::LoraCache::default(),
-            run_lock: Mutex::new(()),
-            cancel_requested: AtomicBool::new(false),
+            queue: RequestQueue::default(),
             progress: Mutex::new(None),
             requests_served: AtomicU64::new(0),
             use_counter: AtomicU64::new(0),
@@ -129,9 +133,25 @@ impl Engine {
         *self.progress.lock() = callback;
     }
 
-    /// Cancels the request in flight (if any); the next request runs normally.
+    /// Cancels the request in flight (if any); the next request runs normally. A request
+    /// still queued is not touched: see [`Engine::cancel_request`] to aim at one request.
     pub fn cancel(&self) {
-        self.cancel_requested.store(true, Ordering::SeqCst);
+        self.queue.cancel_running();
+    }
+
+    /// Cancels the request with this id, whether it runs now (it stops within one step) or
+    /// still waits (it ends at once with `CANCELLED`, without running). False when no request
+    /// with that id is queued or running: it finished, or never came; nothing is cancelled.
+    /// Requests sharing an id are all cancelled.
+    pub fn cancel_request(&self, request_id: &str) -> bool {
+        self.queue.cancel_request(request_id)
+    }
+
+    /// Cancels the running request and every queued one, and makes later requests end with
+    /// `CANCELLED` at once: the engine is about to be freed. Requests in flight still return
+    /// their responses; the caller waits for them before dropping the engine.
+    pub fn shut_down(&self) {
+        self.queue.close();
     }
 
     /// Loads (or finds cached) the model a name resolves to. `cpu_offload` is the placement
@@ -245,7 +265,14 @@ impl Engine {
     }
 
     /// `{"base": ..., "vae": ..., "refiner": ..., "config": ...}` or `{"model_name": ...}`.
+    /// Waits its turn in the queue at normal priority.
     pub fn load_model_json(&self, model_json: &str) -> Result<String> {
+        self.load_model_for(None, model_json)
+    }
+
+    /// `load_model_json` for a `model_load_request` with an id, which `cancel_request` can
+    /// cancel while it waits (a load that has started is never interrupted).
+    fn load_model_for(&self, request_id: Option<&str>, model_json: &str) -> Result<String> {
         let value: Value = serde_json::from_str(model_json).map_err(|e| Error::InvalidJson(e.to_string()))?;
         let Value::Object(fields) = &value else {
             return Err(Error::InvalidJson("the model description must be a JSON object".into()));
@@ -269,7 +296,8 @@ impl Engine {
         if let Some(vae) = text("vae")? {
             return Err(Error::validation("vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
         }
-        let _guard = self.run_lock.lock();
+        let ticket = self.queue.ticket(request_id)?;
+        ticket.wait_for_turn(Priority::Normal)?;
         self.model(&name, text("config")?.as_deref(), self.config.cpu_offload)?;
         Ok(name)
     }
@@ -288,7 +316,7 @@ impl Engine {
             }
             Message::ModelLoad { request_id, data } => {
                 let request_id = request_id.unwrap_or_else(new_request_id);
-                match self.load_model_json(&data.to_string()) {
+                match self.load_model_for(Some(&request_id), &data.to_string()) {
                     Ok(name) => Response::success(request_id, json!({"model_loaded": name}), Vec::new(), started.elapsed().as_secs_f64()).to_json(),
                     Err(err) => self.failure(request_id, &err, Vec::new(), started),
                 }
@@ -298,7 +326,9 @@ impl Engine {
                 let metadata_id = data.get("metadata").and_then(|m| m.get("request_id")).and_then(|v| v.as_str()).map(str::to_string);
                 let request_id = request_id.or(metadata_id).unwrap_or_else(new_request_id);
                 let mut warnings = self.engine_warnings.clone();
-                let result = self.run_inference(&request_id, data, &mut warnings, started);
+                // The ticket exists from here on, so a cancel aimed at this id while the
+                // request is still being checked is not lost.
+                let result = self.queue.ticket(Some(&request_id)).and_then(|ticket| self.run_inference(&ticket, &request_id, data, &mut warnings, started));
                 match result {
                     Ok(data) => {
                         self.requests_served.fetch_add(1, Ordering::Relaxed);
@@ -315,28 +345,25 @@ impl Engine {
         Response::<Value>::failure(request_id, err, warnings, started.elapsed().as_secs_f64()).to_json()
     }
 
-    fn run_inference(&self, request_id: &str, data: Value, warnings: &mut Vec<String>, started: Instant) -> Result<GenerationData> {
+    fn run_inference(&self, ticket: &Ticket, request_id: &str, data: Value, warnings: &mut Vec<String>, started: Instant) -> Result<GenerationData> {
         let data = api::normalize_legacy_fields(data);
         let request = api::parse_request(data)?;
         let mut plan = api::plan_request(&request, request_id.to_string(), &self.config.limits, random_seed)?;
         warnings.append(&mut plan.warnings);
-        if let Some(precision) = &request.precision {
-            if let Some(dtype) = &precision.dtype {
-                if config::parse_dtype("precision.dtype", dtype)? != self.dtype && !self.device.is_cpu() {
-                    warnings.push(format!("precision.dtype {dtype} ignored: this engine computes in {}", config::dtype_name(self.dtype)));
-                }
-            }
-        }
+        warnings.extend(self.fields_not_honoured(&request, &plan)?);
+        let metadata = request.metadata.clone().unwrap_or_default();
+        let priority = Priority::from_name(metadata.priority.as_deref());
+        let served = ServedMetadata { priority: priority.name().to_string(), tags: metadata.tags.unwrap_or_default() };
         let init_image = match &plan.init_image {
             Some(source) => Some(crate::image::load_init_image(source, plan.width, plan.height, warnings)?),
             None => None,
         };
-        // Queue behind any request in flight; a cancel aimed at that one must not hit this one.
-        let _guard = self.run_lock.lock();
+        // Wait behind the request in flight and every better-placed one; a cancel aimed at any
+        // of them cannot reach this one (each ticket has its own flag).
+        ticket.wait_for_turn(priority)?;
         // The timeout's clock starts here: time spent queued behind other requests is not the
         // request's own.
         let running_since = Instant::now();
-        self.cancel_requested.store(false, Ordering::SeqCst);
         let cpu_offload = request.precision.as_ref().and_then(|p| p.cpu_offload).unwrap_or(self.config.cpu_offload);
         if cpu_offload && self.device.is_cpu() {
             warnings.push("precision.cpu_offload saves nothing on the CPU device (host and device memory are the same)".into());
@@ -351,7 +378,7 @@ impl Engine {
         if lora_report.layers_patched + lora_report.layers_restored > 0 {
             tracing::info!(patched = lora_report.layers_patched, restored = lora_report.layers_restored, ms = lora_report.elapsed.as_millis() as u64, "LoRA adapters changed");
         }
-        let result = self.generate_with_model(&model, &plan, init_image.as_ref(), &loaded_loras, started, running_since);
+        let result = self.generate_with_model(&model, &plan, init_image.as_ref(), &loaded_loras, ticket.cancel_flag(), served, started, running_since);
         // The failed request's tensors are dropped by now; its queued work and cached blocks are not.
         if let Err(Error::OutOfMemory(message)) = &result {
             let released = match memory::release_device_memory(&self.device) {
@@ -370,11 +397,13 @@ impl Engine {
         plan: &GenerationPlan,
         init_image: Option<&image::RgbImage>,
         loaded_loras: &[crate::lora::LoadedLora],
+        cancelled: &AtomicBool,
+        served: ServedMetadata,
         started: Instant,
         running_since: Instant,
     ) -> Result<GenerationData> {
         let deadline_s = plan.timeout_s.or(self.config.timeout_s).unwrap_or(f64::INFINITY);
-        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, deadline_s, started: running_since, peak_memory: 0 };
+        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, cancelled, deadline_s, started: running_since, peak_memory: 0 };
         let mut ctx = RunContext { device: &self.device, noise_kernel: self.noise_kernel, progress: &mut observer, started };
         let batch = pipeline::generate(model, plan, init_image, &mut ctx, None).map_err(|err| match err {
             Error::Cancelled if running_since.elapsed().as_secs_f64() > deadline_s => Error::Timeout(deadline_s),
@@ -431,7 +460,55 @@ impl Engine {
                 unet_calls: batch.model_calls as u64,
                 stage_times,
             },
+            metadata: served,
         })
+    }
+
+    /// Warnings naming each request field this engine accepts but does not act on, with
+    /// what it did instead (fields it honours, or that change nothing here, stay quiet).
+    fn fields_not_honoured(&self, request: &GenerationRequest, plan: &GenerationPlan) -> Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        if let Some(precision) = &request.precision {
+            // Dtypes are fixed when the engine is created (every cached model is loaded in
+            // them); asking for the engine's own dtype is a no-op. A dtype the engine config
+            // asked for but the CPU downgraded is already explained by the engine's warning.
+            for (field, requested, used, configured, role) in [
+                ("precision.dtype", &precision.dtype, self.dtype, &self.config.dtype, "computes"),
+                ("precision.vae_dtype", &precision.vae_dtype, self.vae_dtype, &self.config.vae_dtype, "decodes"),
+            ] {
+                if let Some(requested) = requested {
+                    if config::parse_dtype(field, requested)? != used && requested != configured {
+                        warnings.push(format!(
+                            "{field} {requested} ignored: this engine {role} in {} (set by the engine config at sdxl_create)",
+                            config::dtype_name(used)
+                        ));
+                    }
+                }
+            }
+            // Attention is always chunked by query rows once its scores would pass
+            // models::attention::SCORE_CHUNK_BYTES, whatever the request says.
+            if let Some(slicing) = precision.attention_slicing {
+                warnings.push(format!(
+                    "precision.attention_slicing {slicing} ignored: the engine manages attention memory itself (attention runs in query chunks once its scores pass 256 MiB)"
+                ));
+            }
+            // pipeline::generate decodes one image at a time, which is what vae_slicing asks for.
+            if precision.vae_slicing == Some(false) {
+                warnings.push(
+                    "precision.vae_slicing false ignored: the VAE always decodes a batch one image at a time, its large convolutions in row bands".to_string(),
+                );
+            }
+        }
+        // Running a batch together gives the same images as one at a time (image i uses seed + i).
+        if request.batch.as_ref().and_then(|batch| batch.parallel) == Some(false) && plan.batch_size > 1 {
+            warnings.push(format!("batch.parallel false ignored: the {} images of a batch always run together as one batch", plan.batch_size));
+        }
+        if plan.format == api::ImageFormat::Webp {
+            if let Some(quality) = request.output.as_ref().and_then(|output| output.quality) {
+                warnings.push(format!("output.quality {quality} ignored: WebP images are written lossless"));
+            }
+        }
+        Ok(warnings)
     }
 
     /// Refuses a request whose estimated activations cannot fit in what the budget (or the
@@ -470,6 +547,7 @@ impl Engine {
             })
             .collect();
         let device_memory = memory::device_memory(&self.device);
+        let queue = self.queue.snapshot();
         json!({
             "orchestrator_status": "running",
             "version": crate::VERSION,
@@ -485,16 +563,20 @@ impl Engine {
                 "budget_bytes": self.config.max_memory_gb.map(memory::gib_to_bytes),
             },
             "requests_served": self.requests_served.load(Ordering::Relaxed),
+            // Ids in the order they run ("" for a model load without one).
+            "queue": {"running": queue.running, "waiting": queue.waiting},
             "last_error": *self.last_error.lock(),
             "message_handlers": ["inference_request", "model_load_request", "status_request"],
         })
     }
 }
 
-/// Bridges pipeline progress to the host callback, the cancel flag and the timeout.
+/// Bridges pipeline progress to the host callback, the request's cancel flag and the timeout.
 struct EngineObserver<'a> {
     engine: &'a Engine,
     request_id: &'a str,
+    /// This request's own flag: set by `cancel_request(id)`, `cancel()` while it runs, or shut down.
+    cancelled: &'a AtomicBool,
     deadline_s: f64,
     started: Instant,
     peak_memory: u64,
@@ -508,7 +590,7 @@ impl ProgressObserver for EngineObserver<'_> {
             return false;
         }
         self.peak_memory = self.peak_memory.max(memory::memory_in_use(&self.engine.device));
-        if self.engine.cancel_requested.load(Ordering::SeqCst) {
+        if self.cancelled.load(Ordering::SeqCst) {
             return false;
         }
         if self.started.elapsed().as_secs_f64() > self.deadline_s {

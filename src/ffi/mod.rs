@@ -5,6 +5,9 @@
 mod guard;
 
 use std::ffi::{c_char, c_void};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 
 use crate::engine::{Engine, ProgressCallback};
 use crate::error::Error;
@@ -29,7 +32,7 @@ pub const SDXL_ERR_NO_MODEL_LOADED: i32 = -6;
 pub const SDXL_ERR_DEVICE: i32 = -7;
 /// The device ran out of memory; the engine stays usable.
 pub const SDXL_ERR_OUT_OF_MEMORY: i32 = -8;
-/// Cancelled by sdxl_cancel or a progress callback returning false.
+/// Cancelled by sdxl_cancel_request, sdxl_cancel, a progress callback returning false, or sdxl_free.
 pub const SDXL_ERR_CANCELLED: i32 = -9;
 /// The request ran past its metadata.timeout.
 pub const SDXL_ERR_TIMEOUT: i32 = -10;
@@ -39,10 +42,60 @@ pub const SDXL_ERR_IO: i32 = -11;
 pub const SDXL_ERR_UNSUPPORTED: i32 = -12;
 /// A bug, including a panic caught at the boundary.
 pub const SDXL_ERR_INTERNAL: i32 = -13;
+/// Not an error: `sdxl_cancel_request` found no running or queued request with that id
+/// (it already finished, or never reached the engine), so nothing was cancelled.
+pub const SDXL_REQUEST_NOT_FOUND: i32 = 1;
 
 /// An engine: one device, its loaded models, its request queue. Opaque.
 pub struct SdxlEngine {
     engine: Engine,
+    calls: Arc<CallsInFlight>,
+}
+
+/// Counts the calls running on one engine, so `sdxl_free` can wait for them. Shared through
+/// an `Arc`: the last call to leave still touches the count after the engine may be gone.
+#[derive(Default)]
+struct CallsInFlight {
+    count: Mutex<usize>,
+    all_left: Condvar,
+}
+
+/// Held for the duration of one call on an engine.
+struct CallInFlight(Arc<CallsInFlight>);
+
+impl CallsInFlight {
+    fn enter(self: &Arc<Self>) -> CallInFlight {
+        *self.count.lock() += 1;
+        CallInFlight(self.clone())
+    }
+
+    fn wait_until_none(&self) {
+        let mut count = self.count.lock();
+        while *count > 0 {
+            self.all_left.wait(&mut count);
+        }
+    }
+}
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock();
+        *count -= 1;
+        if *count == 0 {
+            self.0.all_left.notify_all();
+        }
+    }
+}
+
+impl SdxlEngine {
+    /// The engine behind a host's pointer, registered as in use until the guard drops.
+    ///
+    /// # Safety
+    /// `engine` is NULL or a live pointer from `sdxl_create` (not yet passed to `sdxl_free`).
+    unsafe fn enter<'a>(engine: *const SdxlEngine) -> crate::error::Result<(&'a Engine, CallInFlight)> {
+        let handle = engine.as_ref().ok_or_else(|| Error::InvalidArgument("engine is NULL".into()))?;
+        Ok((&handle.engine, handle.calls.enter()))
+    }
 }
 
 /// One progress report, valid only during the callback.
@@ -81,7 +134,7 @@ pub unsafe extern "C" fn sdxl_create(config_json: *const c_char) -> *mut SdxlEng
         || {
             let config = if config_json.is_null() { "" } else { borrow_str(config_json, "config_json")? };
             let engine = Engine::from_json(config)?;
-            Ok(Box::into_raw(Box::new(SdxlEngine { engine })))
+            Ok(Box::into_raw(Box::new(SdxlEngine { engine, calls: Arc::default() })))
         },
     )
 }
@@ -89,16 +142,16 @@ pub unsafe extern "C" fn sdxl_create(config_json: *const c_char) -> *mut SdxlEng
 /// Loads a model and keeps it resident: `{"base": "name or path"}` (also `"model_name"`,
 /// and `"config"`: a diffusers folder describing a single-file checkpoint of unusual size).
 /// Returns `SDXL_OK` (0) or a negative `SDXL_ERR_*` code; `sdxl_last_error()` says why.
-/// Thread safety: safe to call concurrently with other calls on the same engine; it waits
-/// for the request in flight.
+/// Thread safety: safe to call concurrently with other calls on the same engine; it queues
+/// at normal priority behind the request in flight, like a request.
 #[no_mangle]
 pub unsafe extern "C" fn sdxl_load_model(engine: *mut SdxlEngine, model_json: *const c_char) -> i32 {
     guard(
         |err| err.code(),
         || {
-            let engine = engine.as_ref().ok_or_else(|| Error::InvalidArgument("engine is NULL".into()))?;
+            let (engine, _call) = SdxlEngine::enter(engine)?;
             let model_json = borrow_str(model_json, "model_json")?;
-            engine.engine.load_model_json(model_json)?;
+            engine.load_model_json(model_json)?;
             Ok(SDXL_OK)
         },
     )
@@ -108,7 +161,11 @@ pub unsafe extern "C" fn sdxl_load_model(engine: *mut SdxlEngine, model_json: *c
 /// Accepts an `inference_request`, `status_request` or `model_load_request` envelope, a bare
 /// request object, or the seed's legacy flat fields. Returns NULL only when `engine` is NULL.
 /// The caller owns the returned string and frees it with `sdxl_string_free`.
-/// Thread safety: safe from many threads; requests on one engine run one at a time, in order.
+/// The request's id is the envelope's `request_id`, else `metadata.request_id`, else one the
+/// engine makes up; it is what `sdxl_cancel_request` and the progress callback use.
+/// Thread safety: safe from many threads; requests on one engine run one at a time. Waiting
+/// requests run in `metadata.priority` order (high, normal, low), first come first served
+/// within a level; a request's own time limit starts when it leaves the queue.
 #[no_mangle]
 pub unsafe extern "C" fn sdxl_generate_json(engine: *mut SdxlEngine, request_json: *const c_char) -> *mut c_char {
     guard(
@@ -120,9 +177,9 @@ pub unsafe extern "C" fn sdxl_generate_json(engine: *mut SdxlEngine, request_jso
             }
         },
         || {
-            let engine = engine.as_ref().ok_or_else(|| Error::InvalidArgument("engine is NULL".into()))?;
+            let (engine, _call) = SdxlEngine::enter(engine)?;
             let request_json = borrow_str(request_json, "request_json")?;
-            Ok(to_c_string(engine.engine.handle_json(request_json)))
+            Ok(to_c_string(engine.handle_json(request_json)))
         },
     )
 }
@@ -135,22 +192,45 @@ pub unsafe extern "C" fn sdxl_status_json(engine: *const SdxlEngine) -> *mut c_c
     guard(
         |_| std::ptr::null_mut(),
         || {
-            let engine = engine.as_ref().ok_or_else(|| Error::InvalidArgument("engine is NULL".into()))?;
-            Ok(to_c_string(engine.engine.status().to_string()))
+            let (engine, _call) = SdxlEngine::enter(engine)?;
+            Ok(to_c_string(engine.status().to_string()))
         },
     )
 }
 
 /// Asks the request in flight on this engine to stop; it returns `CANCELLED` within one
-/// denoising step. No effect when idle. Thread safety: meant to be called from another thread.
+/// denoising step. No effect when idle, and none on queued requests. Whatever runs when the
+/// call arrives is cancelled, which may already be the next request: to cancel one request
+/// only, use `sdxl_cancel_request`. Thread safety: meant to be called from another thread.
 #[no_mangle]
 pub unsafe extern "C" fn sdxl_cancel(engine: *const SdxlEngine) -> i32 {
     guard(
         |err| err.code(),
         || {
-            let engine = engine.as_ref().ok_or_else(|| Error::InvalidArgument("engine is NULL".into()))?;
-            engine.engine.cancel();
+            let (engine, _call) = SdxlEngine::enter(engine)?;
+            engine.cancel();
             Ok(SDXL_OK)
+        },
+    )
+}
+
+/// Cancels exactly the request with this id (see `sdxl_generate_json` for where the id comes
+/// from) and nothing else. A running request returns `CANCELLED` within one denoising step; a
+/// queued one (or one still being checked) returns `CANCELLED` at once, without running; a
+/// model load that has started is not interrupted. Returns `SDXL_OK` (0) when such a request
+/// was running or queued, `SDXL_REQUEST_NOT_FOUND` (1, not an error: `sdxl_last_error()` stays
+/// "") when none was, e.g. it already finished, so a late cancel never reaches another
+/// request. Requests sharing an id are all cancelled: give each its own. `SDXL_ERR_INVALID_ARGUMENT`
+/// for a NULL engine or a NULL / non-UTF-8 id.
+/// Thread safety: meant to be called from any thread, also from a progress callback.
+#[no_mangle]
+pub unsafe extern "C" fn sdxl_cancel_request(engine: *const SdxlEngine, request_id: *const c_char) -> i32 {
+    guard(
+        |err| err.code(),
+        || {
+            let (engine, _call) = SdxlEngine::enter(engine)?;
+            let request_id = borrow_str(request_id, "request_id")?;
+            Ok(if engine.cancel_request(request_id) { SDXL_OK } else { SDXL_REQUEST_NOT_FOUND })
         },
     )
 }
@@ -180,7 +260,7 @@ pub unsafe extern "C" fn sdxl_set_progress_callback(engine: *mut SdxlEngine, cal
     guard(
         |err| err.code(),
         || {
-            let engine = engine.as_ref().ok_or_else(|| Error::InvalidArgument("engine is NULL".into()))?;
+            let (engine, _call) = SdxlEngine::enter(engine)?;
             let boxed: Option<ProgressCallback> = callback.map(|callback| {
                 let host = HostCallback { callback, user_data };
                 Box::new(move |request_id: &str, event: &ProgressEvent| {
@@ -198,7 +278,7 @@ pub unsafe extern "C" fn sdxl_set_progress_callback(engine: *mut SdxlEngine, cal
                     unsafe { host.call(&progress) }
                 }) as ProgressCallback
             });
-            engine.engine.set_progress_callback(boxed);
+            engine.set_progress_callback(boxed);
             Ok(SDXL_OK)
         },
     )
@@ -246,14 +326,22 @@ pub unsafe extern "C" fn sdxl_set_log_callback(callback: SdxlLogCallback, max_le
     )
 }
 
-/// Frees an engine and every model it holds. NULL is ignored. Must not race with other
-/// calls on the same engine: the host stops issuing calls, then frees.
+/// Frees an engine and every model it holds. NULL is ignored.
+/// Thread safety: may be called while other threads are inside calls on this engine. The
+/// running request and every queued one are cancelled (their `sdxl_generate_json` returns a
+/// `CANCELLED` response; a model load that has started runs to its end), and `sdxl_free`
+/// waits until every call on the engine has returned before it frees: about one denoising
+/// step, plus whatever load is under way. The host must not start a new call on the engine
+/// once it has called `sdxl_free` (the pointer may already dangle), nor call `sdxl_free` from
+/// a progress callback of the same engine (it would wait for itself).
 #[no_mangle]
 pub unsafe extern "C" fn sdxl_free(engine: *mut SdxlEngine) {
     guard(
         |_| (),
         || {
-            if !engine.is_null() {
+            if let Some(handle) = engine.as_ref() {
+                handle.engine.shut_down();
+                handle.calls.wait_until_none();
                 drop(Box::from_raw(engine));
             }
             Ok(())

@@ -62,6 +62,9 @@ static void null_engine_everywhere(void) {
     CHECK(sdxl_cancel(NULL) == SDXL_ERR_INVALID_ARGUMENT, "cancel with a NULL engine");
     CHECK(last_error_is_set(), "cancel with a NULL engine left no last error");
 
+    CHECK(sdxl_cancel_request(NULL, "r-1") == SDXL_ERR_INVALID_ARGUMENT, "cancel_request with a NULL engine");
+    CHECK(last_error_is_set(), "cancel_request with a NULL engine left no last error");
+
     CHECK(sdxl_set_progress_callback(NULL, never_called, NULL) == SDXL_ERR_INVALID_ARGUMENT, "callback, NULL engine");
     CHECK(last_error_is_set(), "set_progress_callback with a NULL engine left no last error");
 
@@ -136,6 +139,13 @@ static void bad_requests(SdxlEngine *engine) {
           "load of a missing model");
     CHECK(sdxl_last_error_code() == SDXL_ERR_MODEL_NOT_FOUND, "last error code %d", (int)sdxl_last_error_code());
     CHECK(last_error_is_set(), "a failed load left no last error");
+
+    /* sdxl_cancel_request: a bad id is an error; an id nothing carries is not. */
+    CHECK(sdxl_cancel_request(engine, NULL) == SDXL_ERR_INVALID_ARGUMENT, "cancel_request with a NULL id");
+    CHECK(contains(sdxl_last_error(), "request_id"), "last error does not name request_id: %s", sdxl_last_error());
+    CHECK(sdxl_cancel_request(engine, "\xff") == SDXL_ERR_INVALID_ARGUMENT, "cancel_request with invalid UTF-8");
+    CHECK(sdxl_cancel_request(engine, "no-such-request") == SDXL_REQUEST_NOT_FOUND, "cancel_request of an unknown id");
+    CHECK(last_error_is_empty(), "an unknown id set the last error: %s", sdxl_last_error());
 
     /* A successful call clears the last error. */
     char *status = sdxl_status_json(engine);
