@@ -5,6 +5,7 @@
 pub mod config;
 pub mod logging;
 pub mod memory;
+pub mod preflight;
 pub mod request_queue;
 
 use std::collections::HashMap;
@@ -349,6 +350,7 @@ impl Engine {
         let data = api::normalize_legacy_fields(data);
         let request = api::parse_request(data)?;
         let mut plan = api::plan_request(&request, request_id.to_string(), &self.config.limits, random_seed)?;
+        preflight::check_names_resolve(&plan, self.config.models_dir.as_deref(), |name| self.models.lock().keys().any(|key| key.name == name))?;
         warnings.append(&mut plan.warnings);
         warnings.extend(self.fields_not_honoured(&request, &plan)?);
         let metadata = request.metadata.clone().unwrap_or_default();

@@ -1,0 +1,35 @@
+//! What a request names must exist before the engine loads, evicts or encodes anything for it:
+//! a base model that is not cached must resolve to a file or folder, and every LoRA name to a
+//! file. Each failure names its field, and nothing cached is touched.
+
+use std::path::Path;
+
+use crate::api::validate::GenerationPlan;
+use crate::error::{Error, FieldError, Result};
+
+/// `cached` says whether a model of that name is resident (it is used even if its files have
+/// since moved).
+pub fn check_names_resolve(plan: &GenerationPlan, models_dir: Option<&Path>, cached: impl Fn(&str) -> bool) -> Result<()> {
+    if !cached(&plan.base_model) {
+        crate::loader::resolve_model(&plan.base_model, models_dir)?;
+    }
+    let missing: Vec<FieldError> = plan
+        .loras
+        .iter()
+        .enumerate()
+        .filter_map(|(index, lora)| {
+            crate::lora::resolve_lora_path(&lora.name, models_dir).err().map(|err| {
+                let detail = match err {
+                    Error::ModelNotFound(text) | Error::Io(text) | Error::ModelLoad(text) => text,
+                    other => other.to_string(),
+                };
+                FieldError::new(format!("lora.models[{index}].name"), detail)
+            })
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Validation(missing))
+    }
+}
