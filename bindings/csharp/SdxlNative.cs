@@ -37,6 +37,8 @@ namespace DeviceOperations.Sdxl.Native
         public const int SDXL_ERR_IO = -11;
         public const int SDXL_ERR_UNSUPPORTED = -12;
         public const int SDXL_ERR_INTERNAL = -13;
+        /// <summary>Not an error: sdxl_cancel_request found no running or queued request with that id.</summary>
+        public const int SDXL_REQUEST_NOT_FOUND = 1;
 
         /// <summary>`struct SdxlProgress`: one progress report, valid only during the callback.
         /// Field names, order and widths are the header's exactly (a test checks).</summary>
@@ -87,6 +89,12 @@ namespace DeviceOperations.Sdxl.Native
         [DllImport(LibraryName, EntryPoint = "sdxl_cancel", CallingConvention = CallingConvention.Cdecl)]
         public static extern int sdxl_cancel(IntPtr engine);
 
+        /// <summary>int32_t sdxl_cancel_request(const SdxlEngine*, const char* request_id): cancels exactly
+        /// that request, running or queued. SDXL_OK, SDXL_REQUEST_NOT_FOUND (finished or unknown: nothing
+        /// cancelled) or SDXL_ERR_INVALID_ARGUMENT.</summary>
+        [DllImport(LibraryName, EntryPoint = "sdxl_cancel_request", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int sdxl_cancel_request(IntPtr engine, byte[] requestId);
+
         /// <summary>int32_t sdxl_set_progress_callback(SdxlEngine*, SdxlProgressCallback, void* user_data).
         /// A null delegate clears the callback.</summary>
         [DllImport(LibraryName, EntryPoint = "sdxl_set_progress_callback", CallingConvention = CallingConvention.Cdecl)]
@@ -97,7 +105,8 @@ namespace DeviceOperations.Sdxl.Native
         [DllImport(LibraryName, EntryPoint = "sdxl_set_log_callback", CallingConvention = CallingConvention.Cdecl)]
         public static extern int sdxl_set_log_callback(SdxlLogCallback callback, uint maxLevel, IntPtr userData);
 
-        /// <summary>void sdxl_free(SdxlEngine*). NULL is ignored.</summary>
+        /// <summary>void sdxl_free(SdxlEngine*). NULL is ignored. Calls running on other threads are
+        /// cancelled and waited for; no call may start once it has been called.</summary>
         [DllImport(LibraryName, EntryPoint = "sdxl_free", CallingConvention = CallingConvention.Cdecl)]
         public static extern void sdxl_free(IntPtr engine);
 

@@ -89,6 +89,19 @@ namespace DeviceOperations.Sdxl
                         Format = Json.GetString(image, "format"),
                     });
                 }
+                var metadata = Json.GetObject(data, "metadata");
+                if (metadata != null)
+                {
+                    response.Priority = Json.GetString(metadata, "priority");
+                    foreach (var item in Json.GetArray(metadata, "tags") ?? new List<object>())
+                    {
+                        var tag = item as string;
+                        if (tag != null)
+                        {
+                            response.Tags.Add(tag);
+                        }
+                    }
+                }
                 var metrics = Json.GetObject(data, "processing_metrics");
                 if (metrics != null)
                 {

@@ -112,6 +112,7 @@ namespace DeviceOperations.Sdxl
             FieldErrors = new List<SdxlFieldError>();
             Images = new List<GeneratedImage>();
             Warnings = new List<string>();
+            Tags = new List<string>();
         }
 
         public bool Success { get; set; }
@@ -124,6 +125,10 @@ namespace DeviceOperations.Sdxl
         public List<GeneratedImage> Images { get; set; }
         public GenerationMetrics Metrics { get; set; }
         public List<string> Warnings { get; set; }
+        /// <summary>metadata.priority the request queued at ("high", "normal", "low"); null on failure.</summary>
+        public string Priority { get; set; }
+        /// <summary>metadata.tags of the request, echoed by the engine (empty on failure).</summary>
+        public List<string> Tags { get; set; }
         public string RequestId { get; set; }
         /// <summary>Seconds the engine spent on the request.</summary>
         public double ExecutionTime { get; set; }

@@ -1,7 +1,9 @@
 // One native engine (one device, its loaded models, its request queue) behind a SafeHandle.
 // Native calls block, so every call runs on Task.Run. Requests on one engine run one at a
-// time inside libsdxl; progress and cancellation go through one progress callback
-// registered for the engine's lifetime.
+// time inside libsdxl; progress goes through one progress callback registered for the
+// engine's lifetime. A CancellationToken reaches only its own request: through
+// sdxl_cancel_request with the request's id, and through the progress callback, which refuses
+// to continue a request whose token is cancelled. sdxl_cancel (whatever runs now) is never used.
 
 using System;
 using System.Collections.Concurrent;
@@ -26,11 +28,14 @@ namespace DeviceOperations.Sdxl
         /// <summary>Progress and cancellation state of one request in flight.</summary>
         private sealed class RequestState
         {
+            /// <summary>The id the request JSON names (null when it names none).</summary>
             public string RequestId;
+            /// <summary>The id the engine reported in progress: the engine's own when the JSON
+            /// named none.</summary>
+            public volatile string NativeRequestId;
             public IProgress<SdxlProgress> Progress;
             public CancellationToken Token;
             public volatile bool Cancelled;
-            public volatile bool Running;
         }
 
         // The callback runs on the thread that called sdxl_generate_json (libsdxl runs the
@@ -42,6 +47,11 @@ namespace DeviceOperations.Sdxl
         private readonly SdxlEngineHandle _handle;
         private readonly SdxlNative.SdxlProgressCallback _progressCallback;
         private readonly ConcurrentDictionary<string, RequestState> _inFlight = new ConcurrentDictionary<string, RequestState>(StringComparer.Ordinal);
+        // How many requests in flight name each id (under _idLock). A cancel by id is sent only
+        // while the id is this request's alone; a request counts itself before it reaches the
+        // engine, so another's cancel by id can never reach it.
+        private readonly Dictionary<string, int> _idsInFlight = new Dictionary<string, int>(StringComparer.Ordinal);
+        private readonly object _idLock = new object();
         private readonly EnhancedRequestTransformer _transformer = new EnhancedRequestTransformer();
         private readonly EnhancedResponseHandler _responseHandler = new EnhancedResponseHandler();
         private int _busy;
@@ -246,6 +256,15 @@ namespace DeviceOperations.Sdxl
         private string RunNative(string json, RequestState state)
         {
             var registered = state.RequestId != null && _inFlight.TryAdd(state.RequestId, state);
+            if (state.RequestId != null)
+            {
+                lock (_idLock)
+                {
+                    int count;
+                    _idsInFlight.TryGetValue(state.RequestId, out count);
+                    _idsInFlight[state.RequestId] = count + 1;
+                }
+            }
             try
             {
                 using (state.Token.Register(() => Cancel(state)))
@@ -261,7 +280,6 @@ namespace DeviceOperations.Sdxl
                         finally
                         {
                             t_current = null;
-                            state.Running = false;
                         }
                     }
                 }
@@ -272,6 +290,21 @@ namespace DeviceOperations.Sdxl
                 {
                     RequestState removed;
                     _inFlight.TryRemove(state.RequestId, out removed);
+                }
+                if (state.RequestId != null)
+                {
+                    lock (_idLock)
+                    {
+                        var count = _idsInFlight[state.RequestId] - 1;
+                        if (count == 0)
+                        {
+                            _idsInFlight.Remove(state.RequestId);
+                        }
+                        else
+                        {
+                            _idsInFlight[state.RequestId] = count;
+                        }
+                    }
                 }
             }
         }
@@ -292,13 +325,18 @@ namespace DeviceOperations.Sdxl
             }
         }
 
-        /// <summary>CancellationToken → the request. The callback refuses to continue once the
-        /// token is cancelled; sdxl_cancel stops it sooner, but it targets whatever runs on the
-        /// engine, so it is only sent while this request is known to be the one running.</summary>
+        /// <summary>CancellationToken → the request. The progress callback refuses to continue
+        /// once the token is cancelled; sdxl_cancel_request stops the request sooner (within a
+        /// step) and ends it at once while it is still queued. It names this request's id, so a
+        /// cancel that arrives after the request ended finds nothing (SDXL_REQUEST_NOT_FOUND)
+        /// and never reaches the next request.</summary>
         private void Cancel(RequestState state)
         {
             state.Cancelled = true;
-            if (!state.Running)
+            // An id the JSON named may be shared with another request in flight (then only the
+            // progress callback cancels); an id the engine made up (learned from progress) is unique.
+            var requestId = state.RequestId ?? state.NativeRequestId;
+            if (requestId == null)
             {
                 return;
             }
@@ -306,7 +344,14 @@ namespace DeviceOperations.Sdxl
             {
                 using (var lease = _handle.Acquire(true))
                 {
-                    SdxlNative.sdxl_cancel(lease.Pointer);
+                    lock (_idLock)
+                    {
+                        int count;
+                        if (state.RequestId == null || (_idsInFlight.TryGetValue(requestId, out count) && count == 1))
+                        {
+                            SdxlNative.sdxl_cancel_request(lease.Pointer, SdxlNative.ToUtf8Z(requestId));
+                        }
+                    }
                 }
             }
             catch (ObjectDisposedException)
@@ -335,7 +380,10 @@ namespace DeviceOperations.Sdxl
                 {
                     return true;
                 }
-                state.Running = true;
+                if (state.NativeRequestId == null)
+                {
+                    state.NativeRequestId = requestId;
+                }
                 if (state.Cancelled || state.Token.IsCancellationRequested)
                 {
                     return false;
@@ -372,7 +420,9 @@ namespace DeviceOperations.Sdxl
                 var id = Json.GetString(root, "request_id");
                 if (id == null)
                 {
-                    id = Json.GetString(Json.GetObject(Json.GetObject(root, "data"), "metadata"), "request_id");
+                    // As the engine reads it: data.metadata of an envelope, metadata of a bare request.
+                    var data = Json.GetObject(root, "data") ?? root;
+                    id = Json.GetString(Json.GetObject(data, "metadata"), "request_id");
                 }
                 return id;
             }

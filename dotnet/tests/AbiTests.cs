@@ -97,7 +97,7 @@ namespace DeviceOperations.Sdxl.Tests
             text = Regex.Replace(text, @"/\*.*?\*/", " ", RegexOptions.Singleline);
             text = Regex.Replace(text, @"//[^\n]*", " ");
             var surface = new AbiSurface { Source = path };
-            foreach (Match match in Regex.Matches(text, @"^#define\s+(SDXL_(?:OK|ERR_\w+))\s+\(?\s*(-?\d+)\s*\)?", RegexOptions.Multiline))
+            foreach (Match match in Regex.Matches(text, @"^#define\s+(SDXL_(?!VERSION_)\w+)\s+\(?\s*(-?\d+)\s*\)?", RegexOptions.Multiline))
             {
                 surface.Constants[match.Groups[1].Value] = int.Parse(match.Groups[2].Value);
             }

@@ -23,6 +23,7 @@ namespace DeviceOperations.Sdxl.Tests
             NativeLibraryTests.Register(runner);
             PackagingTests.Register(runner);
             EndToEndTests.Register(runner);
+            CancellationTests.Register(runner);
             var failures = runner.Run(args, EndToEndTests.Cleanup);
             return Math.Min(failures, 125);
         }
