@@ -34,9 +34,15 @@ pub struct ProcessingMetrics {
     pub model_info: serde_json::Value,
     pub stage_times: StageTimes,
     pub unet_calls: u64,
+    /// Denoising steps actually run (img2img runs fewer than requested) per second of denoising.
     pub iterations_per_second: f64,
-    /// Highest memory in use seen during the request (device on CUDA, RSS on CPU).
+    /// The request's own peak, as `peak_memory_measure` names it: on CUDA the high-water mark of
+    /// this engine's device memory pool during the request (this process's allocations, cached
+    /// weights included, other processes not); on CPU the process's resident set, sampled.
     pub peak_memory_bytes: u64,
+    /// `device_pool_allocated` (CUDA) or `process_resident_set` (CPU).
+    #[serde(default)]
+    pub peak_memory_measure: String,
 }
 
 /// The request's `metadata` as the engine served it: the priority it queued at and its tags,

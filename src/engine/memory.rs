@@ -128,6 +128,7 @@ pub fn before_opening_cuda() {
 enum PoolAttribute {
     Reserved,
     Used,
+    UsedHigh,
 }
 
 #[cfg(feature = "cuda")]
@@ -138,6 +139,7 @@ fn pool_attribute(cuda: &candle_core::CudaDevice, attribute: PoolAttribute) -> O
     let attribute = match attribute {
         PoolAttribute::Reserved => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
         PoolAttribute::Used => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+        PoolAttribute::UsedHigh => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
     };
     let mut value = 0u64;
     // SAFETY: as in configure_device; these attributes are u64 (cuuint64_t).
@@ -169,6 +171,40 @@ pub fn release_device_memory(device: &candle_core::Device) -> crate::error::Resu
     }
     let _ = device;
     Ok(None)
+}
+
+/// Starts a request's peak measurement: on CUDA resets the memory pool's high-water mark to
+/// what is allocated now. Returns the name of what [`request_peak`] will measure.
+pub fn start_request_peak(device: &candle_core::Device) -> &'static str {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(cuda) = device {
+        use candle_core::cuda_backend::cudarc::driver::{result, sys};
+        let context = cuda.cuda_stream().context().clone();
+        let mut zero = 0u64;
+        // SAFETY: the pool belongs to the live context's device; setting USED_MEM_HIGH to 0
+        // resets it to the current use (the driver's documented reset).
+        let reset = context.bind_to_thread().is_ok()
+            && unsafe {
+                result::device::get_default_mem_pool(context.cu_device())
+                    .and_then(|pool| result::mem_pool::set_attribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut zero as *mut u64 as *mut _))
+                    .is_ok()
+            };
+        if reset {
+            return "device_pool_allocated";
+        }
+    }
+    let _ = device;
+    "process_resident_set"
+}
+
+/// The request's peak since [`start_request_peak`], when the device keeps one (CUDA).
+pub fn request_peak(device: &candle_core::Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(cuda) = device {
+        return pool_attribute(cuda, PoolAttribute::UsedHigh);
+    }
+    let _ = device;
+    None
 }
 
 /// Memory in use now: device memory on CUDA (cached pool blocks excluded), this process's

@@ -226,7 +226,8 @@ impl Engine {
 
     /// Device bytes the cached models' weights hold.
     fn resident_weight_bytes(&self) -> u64 {
-        self.models.lock().values().map(|entry| entry.model.device_weight_bytes).sum()
+        // Fused LoRA copies stay resident until the adapter set changes: they count too.
+        self.models.lock().values().map(|entry| entry.model.device_weight_bytes + entry.model.adapters.fused_bytes(&self.device).0).sum()
     }
 
     /// What the engine may still allocate: the budget (`max_memory_gb`) less the cached
@@ -405,6 +406,7 @@ impl Engine {
         running_since: Instant,
     ) -> Result<GenerationData> {
         let deadline_s = plan.timeout_s.or(self.config.timeout_s).unwrap_or(f64::INFINITY);
+        let peak_memory_measure = memory::start_request_peak(&self.device);
         let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, cancelled, deadline_s, started: running_since, peak_memory: 0 };
         let mut ctx = RunContext { device: &self.device, noise_kernel: self.noise_kernel, progress: &mut observer, started };
         let batch = pipeline::generate(model, plan, init_image, &mut ctx, None).map_err(|err| match err {
@@ -436,7 +438,7 @@ impl Engine {
             });
         }
         drop(ctx);
-        let peak_memory_bytes = observer.peak_memory;
+        let peak_memory_bytes = memory::request_peak(&self.device).unwrap_or(observer.peak_memory);
         let mut stage_times = batch.stage_times.clone();
         stage_times.save = save_start.elapsed().as_secs_f64();
         let inference_time = stage_times.text_encode + stage_times.denoise + stage_times.decode;
@@ -457,8 +459,9 @@ impl Engine {
                     "vae_dtype": config::dtype_name(model.vae_dtype),
                     "cpu_offload": model.cpu_offload,
                 }),
-                iterations_per_second: if stage_times.denoise > 0.0 { plan.steps as f64 / stage_times.denoise } else { 0.0 },
+                iterations_per_second: if stage_times.denoise > 0.0 { batch.steps_run as f64 / stage_times.denoise } else { 0.0 },
                 peak_memory_bytes,
+                peak_memory_measure: peak_memory_measure.to_string(),
                 unet_calls: batch.model_calls as u64,
                 stage_times,
             },
@@ -543,6 +546,8 @@ impl Engine {
                     "vae_dtype": config::dtype_name(entry.model.vae_dtype),
                     "weight_bytes": entry.model.weight_bytes,
                     "device_weight_bytes": entry.model.device_weight_bytes,
+                    "lora_fused_device_bytes": entry.model.adapters.fused_bytes(&self.device).0,
+                    "lora_fused_host_bytes": entry.model.adapters.fused_bytes(&self.device).1,
                     "host_weight_bytes": entry.model.host_weight_bytes,
                     "cpu_offload": entry.model.cpu_offload,
                 })

@@ -88,6 +88,15 @@ impl ModelAdapters {
         &self.layers
     }
 
+    /// Bytes the fused copies of patched layers hold now, (device, host): counted in the
+    /// engine's memory budget and status until the adapter set changes.
+    pub fn fused_bytes(&self, device: &candle_core::Device) -> (u64, u64) {
+        [Network::Unet, Network::TextEncoder, Network::TextEncoder2].iter().fold((0, 0), |(device_bytes, host), network| {
+            let (d, h) = self.layers.registry(*network).patched_bytes(device);
+            (device_bytes + d, host + h)
+        })
+    }
+
     /// Number of layers whose weight is patched now.
     pub fn patched_layers(&self) -> usize {
         self.active.lock().layers.len()

@@ -116,6 +116,23 @@ impl LayerRegistry {
         self.layers.is_empty()
     }
 
+    /// Bytes held by patched weights on top of the loaded ones (a fused LoRA keeps a copy of
+    /// every layer it changed until the adapter set changes): (on `device`, elsewhere: the
+    /// host copies of networks kept in host memory).
+    pub fn patched_bytes(&self, device: &candle_core::Device) -> (u64, u64) {
+        let (mut device_bytes, mut host) = (0u64, 0u64);
+        for layer in self.layers.values().filter(|layer| layer.is_patched()) {
+            let current = layer.current();
+            let bytes = (current.elem_count() * current.dtype().size_in_bytes()) as u64;
+            if !current.device().same_device(device) {
+                host += bytes;
+            } else {
+                device_bytes += bytes;
+            }
+        }
+        (device_bytes, host)
+    }
+
     /// FNV-1a over every layer's name and current weight bits: equal checksums before and
     /// after an apply/restore cycle prove the weights came back bit for bit.
     pub fn checksum(&self) -> Result<u64> {

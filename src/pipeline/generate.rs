@@ -22,6 +22,8 @@ pub struct GeneratedBatch {
     pub seeds: Vec<u64>,
     pub stage_times: StageTimes,
     pub model_calls: u32,
+    /// Denoising steps actually run (img2img runs `steps × strength` of them).
+    pub steps_run: u32,
 }
 
 /// Everything the pipeline computes on the way, for parity tests against diffusers.
@@ -205,5 +207,5 @@ pub fn generate(
         images.push(crate::image::tensor_to_rgb(&decoded)?);
     }
     stage_times.decode = decode_start.elapsed().as_secs_f64();
-    Ok(GeneratedBatch { images, seeds, stage_times, model_calls })
+    Ok(GeneratedBatch { images, seeds, stage_times, model_calls, steps_run: total_steps })
 }
