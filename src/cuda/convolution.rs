@@ -1,7 +1,8 @@
 //! 2-D convolution through cuDNN, set up the way that makes it fast (candle's own cuDNN path
-//! rebuilds every descriptor per call, picks an algorithm by heuristic and accumulates half
-//! data in half precision): descriptors and the algorithm are chosen once per shape, by
-//! measuring every algorithm (`cudnnFindConvolutionForwardAlgorithm`), and cached; half and
+//! rebuilds every descriptor per call, takes the first heuristic choice whatever its workspace
+//! and accumulates half data in half precision): descriptors and the algorithm are chosen once
+//! per shape and cached (cuDNN's ranking, the first that fits a 2.5 GB workspace; measuring
+//! every algorithm gave the same speed but could pick differently in another process); half and
 //! bfloat16 data accumulate in float32 on tensor cores (cuDNN's pseudo-half configuration, as
 //! PyTorch runs it); float32 may use TF32 tensor cores, as PyTorch does by default
 //! (`torch.backends.cudnn.allow_tf32`); the workspace comes from the stream-ordered memory pool
@@ -39,14 +40,14 @@ struct PlanKey {
     stride: i32,
 }
 
-/// Descriptors and the measured-fastest algorithm for one shape.
+/// Descriptors and the chosen algorithm for one shape.
 struct Plan {
     input: sys::cudnnTensorDescriptor_t,
     weight: sys::cudnnFilterDescriptor_t,
     output: sys::cudnnTensorDescriptor_t,
     bias: sys::cudnnTensorDescriptor_t,
     convolution: sys::cudnnConvolutionDescriptor_t,
-    /// The measured-fastest algorithm and its workspace, once measured on real buffers.
+    /// The chosen algorithm and its workspace (chosen on the first call of the shape).
     algorithm: Option<(sys::cudnnConvolutionFwdAlgo_t, usize)>,
     output_dims: [i32; 4],
 }
@@ -138,7 +139,9 @@ impl Plan {
         Ok(Plan { input, weight, output, bias, convolution, algorithm: None, output_dims })
     }
 
-    /// Measures every algorithm on these buffers with a workspace as large as the largest one
+    /// Picks the algorithm for this shape once: cuDNN's heuristic ranking by default, or, with
+    /// `SDXL_CUDNN_FIND=1`, by measuring every algorithm on these buffers with a workspace as
+    /// large as the largest one
     /// that fits `MAX_WORKSPACE_BYTES` needs (cudnnFindConvolutionForwardAlgorithm without `Ex`
     /// allocates whatever each algorithm asks for: over 100 GB for FFT on the VAE's shapes).
     /// Keeps the fastest, with the math type it was measured with.
@@ -146,6 +149,50 @@ impl Plan {
     /// # Safety
     /// `x`, `w`, `y` must be device buffers of the plan's shapes on the handle's stream.
     unsafe fn choose_algorithm(
+        &mut self,
+        handle: sys::cudnnHandle_t,
+        stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+        buffers: (u64, u64, u64),
+        key: &PlanKey,
+    ) -> candle_core::Result<()> {
+        if std::env::var_os("SDXL_CUDNN_FIND").is_some() {
+            return unsafe { self.measure_algorithm(handle, stream, buffers, key) };
+        }
+        unsafe { self.heuristic_algorithm(handle, key) }
+    }
+
+    /// cuDNN's heuristic ranking (`cudnnGetConvolutionForwardAlgorithm_v7`): the first
+    /// algorithm that fits `MAX_WORKSPACE_BYTES`, with the math type it was ranked with. No
+    /// time is spent measuring, and the choice is the same in every process on the same GPU and
+    /// cuDNN, so a request gives the same image in every process (measured choices can differ
+    /// between processes when two algorithms time alike).
+    unsafe fn heuristic_algorithm(&mut self, handle: sys::cudnnHandle_t, key: &PlanKey) -> candle_core::Result<()> {
+        const REQUESTED: usize = 16;
+        let mut returned = 0;
+        // SAFETY: all-zero bytes are a valid perf struct (plain integers and floats).
+        let mut results: [sys::cudnnConvolutionFwdAlgoPerf_t; REQUESTED] = unsafe { std::mem::zeroed() };
+        check(
+            unsafe { sys::cudnnGetConvolutionForwardAlgorithm_v7(handle, self.input, self.weight, self.convolution, self.output, REQUESTED as i32, &mut returned, results.as_mut_ptr()) },
+            "rank convolution algorithms",
+        )?;
+        let results = &results[..returned.clamp(0, REQUESTED as i32) as usize];
+        for candidate in results.iter().filter(|r| r.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS) {
+            check(unsafe { sys::cudnnSetConvolutionMathType(self.convolution, candidate.mathType) }, "set ranked math type")?;
+            let mut bytes = 0usize;
+            let status = unsafe { sys::cudnnGetConvolutionForwardWorkspaceSize(handle, self.input, self.weight, self.convolution, self.output, candidate.algo, &mut bytes) };
+            if std::env::var_os("SDXL_CUDNN_DEBUG").is_some() {
+                eprintln!("cudnn rank {:?} {:?} * {:?}: {:?} {:?} {} bytes {:?}", key.dtype, key.input, key.weight, candidate.algo, status, bytes, candidate.mathType);
+            }
+            if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && bytes <= MAX_WORKSPACE_BYTES {
+                self.algorithm = Some((candidate.algo, bytes));
+                return Ok(());
+            }
+        }
+        candle_core::bail!("cuDNN ranks no convolution algorithm within the workspace limit for {:?} * {:?}", key.input, key.weight)
+    }
+
+    /// Measures every algorithm (`SDXL_CUDNN_FIND=1`), see below.
+    unsafe fn measure_algorithm(
         &mut self,
         handle: sys::cudnnHandle_t,
         stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
