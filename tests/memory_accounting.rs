@@ -55,3 +55,16 @@ fn fused_lora_copies_count_in_the_status_and_the_engines_memory_until_the_adapte
     respond(&engine, request(json!({"enabled": false})));
     assert_eq!(status(&engine)["data"]["loaded_models"][0]["lora_fused_device_bytes"], 0);
 }
+
+#[test]
+fn the_memory_estimate_counts_prompt_windows() {
+    let model = common::tiny_folder_model();
+    let plan = |prompt: String| {
+        let request = sdxl::api::parse_request(json!({"prompt": prompt, "models": {"base": "m"}})).unwrap();
+        sdxl::api::plan_request(&request, "e".into(), &sdxl::api::Limits::default(), || 1).unwrap()
+    };
+    let short = sdxl::engine::memory::estimate_request_bytes(&model, &plan("a lighthouse".into()));
+    let long = sdxl::engine::memory::estimate_request_bytes(&model, &plan("lighthouse ".repeat(100)));
+    let longest = sdxl::engine::memory::estimate_request_bytes(&model, &plan("lighthouse ".repeat(1000)));
+    assert!(short < long && long < longest, "estimates {short} < {long} < {longest}");
+}

@@ -58,7 +58,17 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     // about twice the size of their widest input (src/cuda/convolution.rs).
     let convolution_workspace =
         if cfg!(feature = "cudnn") { product(&[plan.height as u64, plan.width as u64, *vae.block_out_channels.get(1).unwrap_or(&0) as u64, vae_element, 2]) } else { 0 };
-    attention.saturating_add(features).saturating_add(vae_attention.max(full_resolution.saturating_add(convolution_workspace)))
+    // Long prompts: every 75-token window adds 77 keys to each cross-attention (the text context
+    // and its key/value projections). The window count is bounded from the text's length (a
+    // token takes at least one byte) and the engine's limit, before anything is tokenized.
+    let longest_text = plan.prompt.len().max(plan.negative_prompt.as_deref().map_or(0, str::len)) as u64;
+    let windows = longest_text.div_ceil(75).clamp(1, plan.max_prompt_windows.max(1) as u64);
+    let context_dim = unet.cross_attention_dim as u64;
+    let text_context = product(&[rows, 77 * windows, context_dim.max(1), element, 4]);
+    attention
+        .saturating_add(features)
+        .saturating_add(text_context)
+        .saturating_add(vae_attention.max(full_resolution.saturating_add(convolution_workspace)))
 }
 
 /// `max_memory_gb` in bytes.
