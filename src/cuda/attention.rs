@@ -63,13 +63,6 @@ struct AttentionDims {
     heads: usize,
 }
 
-fn contiguous<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, what: &str) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(slice.slice(start..end)),
-        None => candle_core::bail!("flash-attention: {what} must be contiguous"),
-    }
-}
-
 impl FlashAttention {
     #[allow(clippy::too_many_arguments)]
     fn launch<T: DeviceRepr>(
@@ -84,7 +77,7 @@ impl FlashAttention {
         shape: &AttentionDims,
         suffix: &str,
     ) -> candle_core::Result<CudaSlice<T>> {
-        let (q, k, v) = (contiguous(q, q_layout, "q")?, contiguous(k, k_layout, "k")?, contiguous(v, v_layout, "v")?);
+        let (q, k, v) = (super::contiguous(q, q_layout, "flash-attention", "q")?, super::contiguous(k, k_layout, "flash-attention", "k")?, super::contiguous(v, v_layout, "flash-attention", "v")?);
         let device = storage.device();
         let stream = device.cuda_stream();
         // SAFETY: every query row below q_len is written by the kernel.

@@ -313,13 +313,6 @@ impl CustomOp3 for Convolution {
     }
 }
 
-fn contiguous<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, what: &str) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(slice.slice(start..end)),
-        None => candle_core::bail!("cudnn-convolution: {what} must be contiguous"),
-    }
-}
-
 impl Convolution {
     #[allow(clippy::too_many_arguments)]
     fn run<T: DeviceRepr>(
@@ -337,7 +330,7 @@ impl Convolution {
             let fits = |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("cudnn-convolution: {what} dim {v} too large")));
             Ok([fits(a)?, fits(b)?, fits(c)?, fits(d)?])
         };
-        let (input_view, weight_view, bias_view) = (contiguous(input, input_layout, "input")?, contiguous(weight, weight_layout, "weight")?, contiguous(bias, bias_layout, "bias")?);
+        let (input_view, weight_view, bias_view) = (super::contiguous(input, input_layout, "cudnn-convolution", "input")?, super::contiguous(weight, weight_layout, "cudnn-convolution", "weight")?, super::contiguous(bias, bias_layout, "cudnn-convolution", "bias")?);
         let device = storage.device();
         let stream = device.cuda_stream();
         let context = stream.context().cu_ctx() as usize;

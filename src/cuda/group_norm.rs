@@ -55,13 +55,6 @@ impl CustomOp3 for GroupNormSilu {
     }
 }
 
-fn contiguous<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, what: &str) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(slice.slice(start..end)),
-        None => candle_core::bail!("group-norm-silu: {what} must be contiguous"),
-    }
-}
-
 impl GroupNormSilu {
     #[allow(clippy::too_many_arguments)]
     fn launch<T: DeviceRepr>(
@@ -82,9 +75,9 @@ impl GroupNormSilu {
         let channels_per_group = channels / self.groups;
         let group_size = channels_per_group * spatial;
         let batch_groups = batch * self.groups;
-        let input = contiguous(input, input_layout, "input")?;
-        let gamma = contiguous(gamma, gamma_layout, "gamma")?;
-        let beta = contiguous(beta, beta_layout, "beta")?;
+        let input = super::contiguous(input, input_layout, "group-norm-silu", "input")?;
+        let gamma = super::contiguous(gamma, gamma_layout, "group-norm-silu", "gamma")?;
+        let beta = super::contiguous(beta, beta_layout, "group-norm-silu", "beta")?;
         let statistic_chunks = group_size.div_ceil(STATISTICS_CHUNK).max(1);
         let statistic_chunk = group_size.div_ceil(statistic_chunks);
         let stream = device.cuda_stream();

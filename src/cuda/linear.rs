@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Shape};
 use half::{bf16, f16};
@@ -34,13 +34,6 @@ pub(crate) struct Linear;
 /// `(x [rows, in], weight [out, in])` → `x · weightᵀ`.
 pub(crate) struct LinearNoBias;
 
-fn contiguous<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, what: &str) -> candle_core::Result<CudaView<'a, T>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(slice.slice(start..end)),
-        None => candle_core::bail!("linear: {what} must be contiguous"),
-    }
-}
-
 fn run<T: DeviceRepr>(
     storage: &CudaStorage,
     x: &CudaSlice<T>,
@@ -57,10 +50,10 @@ where
     if inner != weight_inner || bias.is_some_and(|(_, l)| l.dims() != [out_features]) {
         candle_core::bail!("linear: x {:?}, weight {:?}, bias {:?} do not fit", x_layout.dims(), weight_layout.dims(), bias.map(|(_, l)| l.dims().to_vec()));
     }
-    let x = contiguous(x, x_layout, "x")?;
-    let weight = contiguous(weight, weight_layout, "weight")?;
+    let x = super::contiguous(x, x_layout, "linear", "x")?;
+    let weight = super::contiguous(weight, weight_layout, "linear", "weight")?;
     let bias = match bias {
-        Some((slice, layout)) => Some(contiguous(slice, layout, "bias")?),
+        Some((slice, layout)) => Some(super::contiguous(slice, layout, "linear", "bias")?),
         None => None,
     };
     let handle = handle(storage)?;

@@ -24,10 +24,10 @@ pub(crate) use convolution::Convolution;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaView};
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::CudaDevice;
+use candle_core::{CudaDevice, Layout};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
@@ -73,4 +73,12 @@ pub(crate) fn function(device: &CudaDevice, module: &'static str, name: &str) ->
         }
     };
     loaded.load_function(name).w()
+}
+
+/// The elements of a contiguous input as a view; `op` and `what` name it in the error.
+pub(crate) fn contiguous<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, op: &str, what: &str) -> candle_core::Result<CudaView<'a, T>> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(slice.slice(start..end)),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
+    }
 }
