@@ -99,7 +99,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
 
 /// diffusers' GEGLU on a projection whose last dim is `[hidden | gate]`: hidden · gelu_erf(gate).
 pub fn geglu(projected: &Tensor) -> Result<Tensor> {
-    timed(Category::Elementwise, projected.device(), || {
+    timed(Category::Geglu, projected.device(), || {
         #[cfg(feature = "cuda")]
         if fused_on(projected.device()) {
             return Ok(projected.contiguous()?.apply_op1_no_bwd(&crate::cuda::Geglu)?);

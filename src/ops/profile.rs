@@ -18,7 +18,7 @@ pub enum Category {
     Attention,
     GroupNorm,
     LayerNorm,
-    Elementwise,
+    Geglu,
     Layout,
 }
 
@@ -31,7 +31,7 @@ impl Category {
             Category::Attention => "attention",
             Category::GroupNorm => "group norm (+SiLU)",
             Category::LayerNorm => "layer norm",
-            Category::Elementwise => "GEGLU",
+            Category::Geglu => "GEGLU",
             Category::Layout => "layout copies (NCHW <-> tokens)",
         }
     }
