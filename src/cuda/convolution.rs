@@ -2,7 +2,8 @@
 //! rebuilds every descriptor per call, takes the first heuristic choice whatever its workspace
 //! and accumulates half data in half precision): descriptors and the algorithm are chosen once
 //! per shape and cached (cuDNN's ranking, the first that fits a 2.5 GB workspace; measuring
-//! every algorithm gave the same speed but could pick differently in another process); half and
+//! every algorithm gave the same speed but could pick differently in another process,
+//! docs/PERFORMANCE.md run j); half and
 //! bfloat16 data accumulate in float32 on tensor cores (cuDNN's pseudo-half configuration, as
 //! PyTorch runs it); float32 may use TF32 tensor cores, as PyTorch does by default
 //! (`torch.backends.cudnn.allow_tf32`); the workspace comes from the stream-ordered memory pool
@@ -127,9 +128,8 @@ impl Plan {
                 ),
                 "set convolution descriptor",
             )?;
-            let math = if key.dtype == DType::F32 && !super::tf32_convolutions() {
-                sys::cudnnMathType_t::CUDNN_FMA_MATH
-            } else if key.dtype == DType::F32 {
+            // Float32 may use TF32 tensor cores (PyTorch's default, allow_tf32).
+            let math = if key.dtype == DType::F32 {
                 sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
             } else {
                 sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
@@ -139,34 +139,12 @@ impl Plan {
         Ok(Plan { input, weight, output, bias, convolution, algorithm: None, output_dims })
     }
 
-    /// Picks the algorithm for this shape once: cuDNN's heuristic ranking by default, or, with
-    /// `SDXL_CUDNN_FIND=1`, by measuring every algorithm on these buffers with a workspace as
-    /// large as the largest one
-    /// that fits `MAX_WORKSPACE_BYTES` needs (cudnnFindConvolutionForwardAlgorithm without `Ex`
-    /// allocates whatever each algorithm asks for: over 100 GB for FFT on the VAE's shapes).
-    /// Keeps the fastest, with the math type it was measured with.
-    ///
-    /// # Safety
-    /// `x`, `w`, `y` must be device buffers of the plan's shapes on the handle's stream.
-    unsafe fn choose_algorithm(
-        &mut self,
-        handle: sys::cudnnHandle_t,
-        stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
-        buffers: (u64, u64, u64),
-        key: &PlanKey,
-    ) -> candle_core::Result<()> {
-        if std::env::var_os("SDXL_CUDNN_FIND").is_some() {
-            return unsafe { self.measure_algorithm(handle, stream, buffers, key) };
-        }
-        unsafe { self.heuristic_algorithm(handle, key) }
-    }
-
     /// cuDNN's heuristic ranking (`cudnnGetConvolutionForwardAlgorithm_v7`): the first
     /// algorithm that fits `MAX_WORKSPACE_BYTES`, with the math type it was ranked with. No
     /// time is spent measuring, and the choice is the same in every process on the same GPU and
     /// cuDNN, so a request gives the same image in every process (measured choices can differ
     /// between processes when two algorithms time alike).
-    unsafe fn heuristic_algorithm(&mut self, handle: sys::cudnnHandle_t, key: &PlanKey) -> candle_core::Result<()> {
+    fn choose_algorithm(&mut self, handle: sys::cudnnHandle_t, key: &PlanKey) -> candle_core::Result<()> {
         const REQUESTED: usize = 16;
         let mut returned = 0;
         // SAFETY: all-zero bytes are a valid perf struct (plain integers and floats).
@@ -189,76 +167,6 @@ impl Plan {
             }
         }
         candle_core::bail!("cuDNN ranks no convolution algorithm within the workspace limit for {:?} * {:?}", key.input, key.weight)
-    }
-
-    /// Measures every algorithm (`SDXL_CUDNN_FIND=1`), see below.
-    unsafe fn measure_algorithm(
-        &mut self,
-        handle: sys::cudnnHandle_t,
-        stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
-        (x, w, y): (u64, u64, u64),
-        key: &PlanKey,
-    ) -> candle_core::Result<()> {
-        const ALGORITHMS: i32 = 8;
-        let mut search_bytes = 0usize;
-        for algorithm in 0..ALGORITHMS {
-            // SAFETY: 0..8 are the values of cudnnConvolutionFwdAlgo_t.
-            let algorithm: sys::cudnnConvolutionFwdAlgo_t = unsafe { std::mem::transmute(algorithm) };
-            let mut bytes = 0usize;
-            let status = unsafe { sys::cudnnGetConvolutionForwardWorkspaceSize(handle, self.input, self.weight, self.convolution, self.output, algorithm, &mut bytes) };
-            if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && bytes <= MAX_WORKSPACE_BYTES {
-                search_bytes = search_bytes.max(bytes);
-            }
-        }
-        let mut workspace = match search_bytes {
-            0 => None,
-            bytes => Some(unsafe { stream.alloc::<u8>(bytes) }.w()?),
-        };
-        let (workspace_pointer, _guard) = match workspace.as_mut() {
-            Some(workspace) => {
-                let (pointer, guard) = workspace.device_ptr_mut(stream);
-                (pointer as *mut std::ffi::c_void, Some(guard))
-            }
-            None => (std::ptr::null_mut(), None),
-        };
-        const REQUESTED: usize = ALGORITHMS as usize * 2;
-        let mut returned = 0;
-        // SAFETY: all-zero bytes are a valid perf struct (plain integers and floats).
-        let mut results: [sys::cudnnConvolutionFwdAlgoPerf_t; REQUESTED] = unsafe { std::mem::zeroed() };
-        check(
-            unsafe {
-                sys::cudnnFindConvolutionForwardAlgorithmEx(
-                    handle,
-                    self.input,
-                    x as *const _,
-                    self.weight,
-                    w as *const _,
-                    self.convolution,
-                    self.output,
-                    y as *mut _,
-                    REQUESTED as i32,
-                    &mut returned,
-                    results.as_mut_ptr(),
-                    workspace_pointer,
-                    search_bytes,
-                )
-            },
-            "find convolution algorithm",
-        )?;
-        let results = &results[..returned.clamp(0, REQUESTED as i32) as usize];
-        if std::env::var_os("SDXL_CUDNN_DEBUG").is_some() {
-            for r in results {
-                eprintln!("cudnn find {:?} {:?} * {:?}: {:?} {:?} {:.3} ms {} bytes {:?}", key.dtype, key.input, key.weight, r.algo, r.status, r.time, r.memory, r.mathType);
-            }
-        }
-        // Sorted fastest first.
-        let best = results
-            .iter()
-            .find(|r| r.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && r.memory <= search_bytes)
-            .ok_or_else(|| candle_core::Error::Msg(format!("cuDNN has no convolution algorithm for {:?} * {:?}", key.input, key.weight)))?;
-        check(unsafe { sys::cudnnSetConvolutionMathType(self.convolution, best.mathType) }, "set measured math type")?;
-        self.algorithm = Some((best.algo, best.memory));
-        Ok(())
     }
 }
 
@@ -373,8 +281,7 @@ impl Convolution {
             let (b, _b_guard) = bias_view.device_ptr(&stream);
             let (y, _y_guard) = output.device_ptr_mut(&stream);
             if plan.algorithm.is_none() {
-                // SAFETY: the buffers have the plan's shapes and live on this stream.
-                unsafe { plan.choose_algorithm(state.handle, &stream, (x, wt, y), &key)? };
+                plan.choose_algorithm(state.handle, &key)?;
             }
             let (algorithm, workspace_bytes) = plan.algorithm.ok_or_else(|| candle_core::Error::Msg("cudnn-convolution: no algorithm".into()))?;
             // SAFETY: scratch memory; cuDNN writes before it reads. Back to the pool after the call.

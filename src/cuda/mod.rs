@@ -31,19 +31,6 @@ use candle_core::{CudaDevice, Layout};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
-static TF32_CONVOLUTIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Whether float32 convolutions may use TF32 tensor cores (PyTorch's default,
-/// `torch.backends.cudnn.allow_tf32 = True`, which diffusers' float32 VAE decode runs with).
-/// Takes effect for shapes not yet planned.
-pub fn set_tf32_convolutions(allowed: bool) {
-    TF32_CONVOLUTIONS.store(allowed, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub(crate) fn tf32_convolutions() -> bool {
-    TF32_CONVOLUTIONS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// The compiled kernel files, by module name.
 fn fatbin(module: &str) -> &'static [u8] {
     match module {

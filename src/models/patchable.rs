@@ -264,7 +264,15 @@ const IM2COL_BAND_BYTES: usize = 256 << 20;
 impl Module for PatchableConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let category = if self.config.stride == 1 && self.weight.original.dim(2)? == 1 { Category::Conv1x1 } else { Category::Conv3x3 };
-        profile::timed(category, x.device(), || self.forward_in_bands(x, IM2COL_BAND_BYTES))
+        profile::timed(category, x.device(), || {
+            // cuDNN needs no im2col buffer, so no bands either.
+            if let (Some(bias), 1, 1) = (&self.bias, self.config.dilation, self.config.groups) {
+                if let Some(result) = crate::ops::cudnn_conv2d(x, &self.weight.forward_weight(), bias, self.config.padding, self.config.stride) {
+                    return result;
+                }
+            }
+            self.forward_in_bands(x, IM2COL_BAND_BYTES)
+        })
     }
 }
 
@@ -280,11 +288,6 @@ impl PatchableConv2d {
 
     fn forward_in_bands(&self, x: &Tensor, band_bytes: usize) -> candle_core::Result<Tensor> {
         let weight = self.weight.forward_weight();
-        if let (Some(bias), 1, 1) = (&self.bias, self.config.dilation, self.config.groups) {
-            if let Some(result) = crate::ops::cudnn_conv2d(x, &weight, bias, self.config.padding, self.config.stride) {
-                return result;
-            }
-        }
         let conv = |config: Conv2dConfig, input: &Tensor| candle_nn::Conv2d::new(weight.clone(), self.bias.clone(), config).forward(input);
         let (batch, in_channels, height, width) = x.dims4()?;
         let kernel = weight.dim(2)?;

@@ -35,7 +35,6 @@ fn fused_on(device: &Device) -> bool {
     device.is_cuda() && fused_kernels()
 }
 
-
 /// `nn.GroupNorm` (diffusers' resnets, transformers, VAE), optionally followed by SiLU.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub struct GroupNorm {
@@ -110,7 +109,7 @@ pub fn geglu(projected: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// `conv2d(x, weight) + bias` through cuDNN with a cached, measured algorithm (CUDA builds
+/// `conv2d(x, weight) + bias` through cuDNN with a cached algorithm per shape (CUDA builds
 /// with the `cudnn` feature). None: this device or build runs candle's convolution instead.
 pub fn cudnn_conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, padding: usize, stride: usize) -> Option<candle_core::Result<Tensor>> {
     #[cfg(feature = "cudnn")]
