@@ -77,3 +77,16 @@ fn prompts_beyond_the_window_limit_are_refused_quickly_at_their_field() {
     // 3 windows are fine.
     assert_eq!(respond(&engine, tiny(json!({"prompt": "lighthouse ".repeat(200)})))["success"], true);
 }
+
+#[test]
+fn a_model_load_naming_a_refiner_or_vae_is_unsupported_like_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path(), 2);
+    for (data, field) in [(json!({"base": "builtin:tiny", "refiner": "sd_xl_refiner_1.0"}), "refiner"), (json!({"base": "builtin:tiny", "vae": "sdxl-vae-fp16-fix"}), "vae")] {
+        let message = json!({"message_type": "model_load_request", "data": data});
+        let response: Value = serde_json::from_str(&engine.handle_json(&message.to_string())).unwrap();
+        assert_eq!(response["error_code"], "UNSUPPORTED", "{response}");
+        assert_eq!(response["field_errors"][0]["field"], field, "{response}");
+    }
+    assert!(loaded(&engine).is_empty());
+}

@@ -110,18 +110,10 @@ pub fn device_memory(device: &candle_core::Device) -> Option<(u64, u64)> {
 pub fn configure_device(device: &candle_core::Device) -> crate::error::Result<()> {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(cuda) = device {
-        use candle_core::cuda_backend::cudarc::driver::{result, sys};
-        let context = cuda.cuda_stream().context().clone();
-        context.bind_to_thread().map_err(|e| crate::error::Error::Device(e.to_string()))?;
         let compile_time = crate::cuda::compile_candle_kernels(cuda).map_err(|e| crate::error::Error::Device(e.to_string()))?;
         tracing::info!(seconds = compile_time.as_secs_f64(), "candle's CUDA kernels ready");
-        let mut threshold = u64::MAX;
-        // SAFETY: the pool belongs to the live context's device; the attribute is a u64.
-        unsafe {
-            let pool = result::device::get_default_mem_pool(context.cu_device()).map_err(|e| crate::error::Error::Device(e.to_string()))?;
-            result::mem_pool::set_attribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut threshold as *mut u64 as *mut _)
-                .map_err(|e| crate::error::Error::Device(format!("memory pool release threshold: {e}")))?;
-        }
+        set_pool_attribute(cuda, PoolAttribute::ReleaseThreshold, u64::MAX)
+            .map_err(|e| crate::error::Error::Device(format!("memory pool release threshold: {e}")))?;
     }
     let _ = device;
     Ok(())
@@ -139,25 +131,47 @@ enum PoolAttribute {
     Reserved,
     Used,
     UsedHigh,
+    ReleaseThreshold,
+}
+
+/// The default memory pool of `cuda`'s device (the one candle's allocations come from), with
+/// its context bound to this thread.
+#[cfg(feature = "cuda")]
+fn default_pool(cuda: &candle_core::CudaDevice) -> std::result::Result<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool, String> {
+    use candle_core::cuda_backend::cudarc::driver::result;
+    let context = cuda.cuda_stream().context().clone();
+    context.bind_to_thread().map_err(|e| e.to_string())?;
+    // SAFETY: the device handle comes from a live context.
+    unsafe { result::device::get_default_mem_pool(context.cu_device()) }.map_err(|e| e.to_string())
+}
+
+#[cfg(feature = "cuda")]
+fn pool_attribute_id(attribute: PoolAttribute) -> candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute as Attribute;
+    match attribute {
+        PoolAttribute::Reserved => Attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+        PoolAttribute::Used => Attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+        PoolAttribute::UsedHigh => Attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        PoolAttribute::ReleaseThreshold => Attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+    }
 }
 
 #[cfg(feature = "cuda")]
 fn pool_attribute(cuda: &candle_core::CudaDevice, attribute: PoolAttribute) -> Option<u64> {
-    use candle_core::cuda_backend::cudarc::driver::{result, sys};
-    let context = cuda.cuda_stream().context().clone();
-    context.bind_to_thread().ok()?;
-    let attribute = match attribute {
-        PoolAttribute::Reserved => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
-        PoolAttribute::Used => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
-        PoolAttribute::UsedHigh => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-    };
+    let pool = default_pool(cuda).ok()?;
     let mut value = 0u64;
-    // SAFETY: as in configure_device; these attributes are u64 (cuuint64_t).
-    unsafe {
-        let pool = result::device::get_default_mem_pool(context.cu_device()).ok()?;
-        result::mem_pool::get_attribute(pool, attribute, &mut value as *mut u64 as *mut _).ok()?;
-    }
+    // SAFETY: a live pool; these attributes are u64 (cuuint64_t).
+    unsafe { candle_core::cuda_backend::cudarc::driver::result::mem_pool::get_attribute(pool, pool_attribute_id(attribute), &mut value as *mut u64 as *mut _) }.ok()?;
     Some(value)
+}
+
+#[cfg(feature = "cuda")]
+fn set_pool_attribute(cuda: &candle_core::CudaDevice, attribute: PoolAttribute, value: u64) -> std::result::Result<(), String> {
+    let pool = default_pool(cuda)?;
+    let mut value = value;
+    // SAFETY: a live pool; these attributes are u64 (cuuint64_t).
+    unsafe { candle_core::cuda_backend::cudarc::driver::result::mem_pool::set_attribute(pool, pool_attribute_id(attribute), &mut value as *mut u64 as *mut _) }
+        .map_err(|e| e.to_string())
 }
 
 /// After a request fails for lack of device memory: waits for the work the failed request
@@ -167,44 +181,32 @@ fn pool_attribute(cuda: &candle_core::CudaDevice, attribute: PoolAttribute) -> O
 pub fn release_device_memory(device: &candle_core::Device) -> crate::error::Result<Option<u64>> {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(cuda) = device {
-        use candle_core::cuda_backend::cudarc::driver::result;
-        let stream = cuda.cuda_stream();
-        let context = stream.context();
-        stream.synchronize().map_err(|e| crate::error::Error::Device(format!("draining the failed request's work: {e}")))?;
-        context.bind_to_thread().map_err(|e| crate::error::Error::Device(e.to_string()))?;
-        // SAFETY: the device handle comes from a live context; trimming only returns unused blocks.
-        unsafe {
-            let pool = result::device::get_default_mem_pool(context.cu_device()).map_err(|e| crate::error::Error::Device(e.to_string()))?;
-            result::mem_pool::trim_to(pool, 0).map_err(|e| crate::error::Error::Device(e.to_string()))?;
-        }
+        cuda.cuda_stream().synchronize().map_err(|e| crate::error::Error::Device(format!("draining the failed request's work: {e}")))?;
+        let pool = default_pool(cuda).map_err(crate::error::Error::Device)?;
+        // SAFETY: a live pool; trimming only returns unused blocks.
+        unsafe { candle_core::cuda_backend::cudarc::driver::result::mem_pool::trim_to(pool, 0) }.map_err(|e| crate::error::Error::Device(e.to_string()))?;
         return Ok(device_memory(device).map(|(free, _)| free));
     }
     let _ = device;
     Ok(None)
 }
 
+/// What `peak_memory_bytes` measures (`peak_memory_measure` in a response).
+pub(crate) const PEAK_OF_DEVICE_POOL: &str = "device_pool_allocated";
+pub(crate) const PEAK_OF_PROCESS_RESIDENT_SET: &str = "process_resident_set";
+
 /// Starts a request's peak measurement: on CUDA resets the memory pool's high-water mark to
 /// what is allocated now. Returns the name of what [`request_peak`] will measure.
 pub fn start_request_peak(device: &candle_core::Device) -> &'static str {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(cuda) = device {
-        use candle_core::cuda_backend::cudarc::driver::{result, sys};
-        let context = cuda.cuda_stream().context().clone();
-        let mut zero = 0u64;
-        // SAFETY: the pool belongs to the live context's device; setting USED_MEM_HIGH to 0
-        // resets it to the current use (the driver's documented reset).
-        let reset = context.bind_to_thread().is_ok()
-            && unsafe {
-                result::device::get_default_mem_pool(context.cu_device())
-                    .and_then(|pool| result::mem_pool::set_attribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut zero as *mut u64 as *mut _))
-                    .is_ok()
-            };
-        if reset {
-            return "device_pool_allocated";
+        // Setting USED_MEM_HIGH to 0 resets it to the current use (the driver's documented reset).
+        if set_pool_attribute(cuda, PoolAttribute::UsedHigh, 0).is_ok() {
+            return PEAK_OF_DEVICE_POOL;
         }
     }
     let _ = device;
-    "process_resident_set"
+    PEAK_OF_PROCESS_RESIDENT_SET
 }
 
 /// The request's peak since [`start_request_peak`], when the device keeps one (CUDA).

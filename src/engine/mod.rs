@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use crate::api::validate::GenerationPlan;
 use crate::api::request::GenerationRequest;
 use crate::api::{self, GeneratedImage, GenerationData, Message, ProcessingMetrics, Response, ServedMetadata};
-use crate::error::{Error, Result};
+use crate::error::{Error, FieldError, Result};
 use crate::loader::{self, LoadOptions, SdxlModel};
 use crate::pipeline::{self, ProgressEvent, ProgressObserver, RunContext, Stage};
 use crate::rng::NormalKernel;
@@ -292,11 +292,16 @@ impl Engine {
             }
         };
         let name = text("base")?.or(text("model_name")?).ok_or_else(|| Error::validation("base", "Model name is required"))?;
+        // Features this build lacks answer UNSUPPORTED here too, as in a request (api::validate).
+        let mut unsupported = Vec::new();
         if let Some(refiner) = text("refiner")? {
-            return Err(Error::validation("refiner", format!("the refiner ({refiner}) is not supported yet by this build")));
+            unsupported.push(FieldError::new("refiner", format!("the refiner ({refiner}) is not supported yet by this build")));
         }
         if let Some(vae) = text("vae")? {
-            return Err(Error::validation("vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
+            unsupported.push(FieldError::new("vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
+        }
+        if !unsupported.is_empty() {
+            return Err(Error::UnsupportedFeatures(unsupported));
         }
         let ticket = self.queue.ticket(request_id)?;
         ticket.wait_for_turn(Priority::Normal)?;
@@ -407,7 +412,9 @@ impl Engine {
     ) -> Result<GenerationData> {
         let deadline_s = plan.timeout_s.or(self.config.timeout_s).unwrap_or(f64::INFINITY);
         let peak_memory_measure = memory::start_request_peak(&self.device);
-        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, cancelled, deadline_s, started: running_since, peak_memory: 0 };
+        // The device pool keeps its own high-water mark; only the resident set needs sampling.
+        let sampled_peak = (peak_memory_measure == memory::PEAK_OF_PROCESS_RESIDENT_SET).then_some(0);
+        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, cancelled, deadline_s, started: running_since, sampled_peak };
         let mut ctx = RunContext { device: &self.device, noise_kernel: self.noise_kernel, progress: &mut observer, started };
         let batch = pipeline::generate(model, plan, init_image, &mut ctx, None).map_err(|err| match err {
             Error::Cancelled if running_since.elapsed().as_secs_f64() > deadline_s => Error::Timeout(deadline_s),
@@ -438,7 +445,10 @@ impl Engine {
             });
         }
         drop(ctx);
-        let peak_memory_bytes = memory::request_peak(&self.device).unwrap_or(observer.peak_memory);
+        let peak_memory_bytes = match observer.sampled_peak {
+            Some(sampled) => sampled,
+            None => memory::request_peak(&self.device).unwrap_or_else(|| memory::memory_in_use(&self.device)),
+        };
         let mut stage_times = batch.stage_times.clone();
         stage_times.save = save_start.elapsed().as_secs_f64();
         let inference_time = stage_times.text_encode + stage_times.denoise + stage_times.decode;
@@ -538,6 +548,7 @@ impl Engine {
             .lock()
             .iter()
             .map(|(key, entry)| {
+                let (fused_device, fused_host) = entry.model.adapters.fused_bytes(&self.device);
                 json!({
                     "name": key.name,
                     "config": key.config_dir,
@@ -546,8 +557,8 @@ impl Engine {
                     "vae_dtype": config::dtype_name(entry.model.vae_dtype),
                     "weight_bytes": entry.model.weight_bytes,
                     "device_weight_bytes": entry.model.device_weight_bytes,
-                    "lora_fused_device_bytes": entry.model.adapters.fused_bytes(&self.device).0,
-                    "lora_fused_host_bytes": entry.model.adapters.fused_bytes(&self.device).1,
+                    "lora_fused_device_bytes": fused_device,
+                    "lora_fused_host_bytes": fused_host,
                     "host_weight_bytes": entry.model.host_weight_bytes,
                     "cpu_offload": entry.model.cpu_offload,
                 })
@@ -586,7 +597,8 @@ struct EngineObserver<'a> {
     cancelled: &'a AtomicBool,
     deadline_s: f64,
     started: Instant,
-    peak_memory: u64,
+    /// Highest resident set seen at a progress event; None when the device pool measures the peak.
+    sampled_peak: Option<u64>,
 }
 
 impl ProgressObserver for EngineObserver<'_> {
@@ -596,7 +608,9 @@ impl ProgressObserver for EngineObserver<'_> {
         if !self.engine.device.is_cpu() && self.engine.device.synchronize().is_err() {
             return false;
         }
-        self.peak_memory = self.peak_memory.max(memory::memory_in_use(&self.engine.device));
+        if let Some(peak) = self.sampled_peak.as_mut() {
+            *peak = (*peak).max(memory::memory_in_use(&self.engine.device));
+        }
         if self.cancelled.load(Ordering::SeqCst) {
             return false;
         }
