@@ -171,7 +171,6 @@ pub struct GenerationPlan {
     pub negative_prompt: Option<String>,
     pub base_model: String,
     pub refiner_model: Option<String>,
-    pub vae_model: Option<String>,
     pub steps: u32,
     pub guidance_scale: f64,
     /// The first image's seed; image i uses `seed + i`.
@@ -409,17 +408,19 @@ pub fn plan_request(
             PromptTruncation::Chunked
         }
     };
-    // Tokens are at least one byte each (most are several): a text longer than this cannot fit
-    // the window limit, and is refused before the tokenizer spends seconds on it.
-    let max_prompt_bytes = limits.max_prompt_windows as usize * 75 * 64;
-    for (field, text) in [("prompt", Some(prompt.as_str())), ("negative_prompt", request.negative_prompt.as_deref())] {
-        if let Some(length) = text.map(str::len).filter(|&length| prompt_truncation == PromptTruncation::Chunked && length > max_prompt_bytes) {
-            errors.push(FieldError::new(field, format!("{length} bytes is longer than limits.max_prompt_windows ({}) windows of 75 tokens can hold", limits.max_prompt_windows)));
-        }
-    }
+    // Only chunked prompts have windows and emphasis; diffusers' mode truncates at 77 tokens.
     if prompt_truncation == PromptTruncation::Chunked {
-        for (field, text) in [("prompt", Some(prompt.as_str())), ("negative_prompt", request.negative_prompt.as_deref())] {
-            if let Some(weight) = text.into_iter().flat_map(crate::tokenizer::parse_weighted_prompt).map(|s| s.weight).find(|w| !(w.is_finite() && w.abs() <= MAX_EMPHASIS_WEIGHT)) {
+        // Tokens are at least one byte each (most are several): a text longer than this cannot
+        // fit the window limit, and is refused before the tokenizer spends seconds on it.
+        let max_prompt_bytes = limits.max_prompt_windows as usize * 75 * 64;
+        for (field, text) in [("prompt", prompt.as_str()), ("negative_prompt", request.negative_prompt.as_deref().unwrap_or_default())] {
+            if text.len() > max_prompt_bytes {
+                errors.push(FieldError::new(
+                    field,
+                    format!("{} bytes is longer than limits.max_prompt_windows ({}) windows of 75 tokens can hold", text.len(), limits.max_prompt_windows),
+                ));
+            }
+            if let Some(weight) = crate::tokenizer::parse_weighted_prompt(text).into_iter().map(|s| s.weight).find(|w| !(w.is_finite() && w.abs() <= MAX_EMPHASIS_WEIGHT)) {
                 errors.push(FieldError::new(
                     field,
                     format!("emphasis weight {weight} is out of range: (text:weight) takes a finite weight within ±{MAX_EMPHASIS_WEIGHT}"),
@@ -478,7 +479,6 @@ pub fn plan_request(
         negative_prompt: request.negative_prompt.clone(),
         base_model,
         refiner_model: None,
-        vae_model: models.vae.filter(|v| !v.trim().is_empty()),
         steps: steps as u32,
         guidance_scale,
         seed,

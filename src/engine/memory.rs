@@ -192,6 +192,7 @@ pub fn release_device_memory(device: &candle_core::Device) -> crate::error::Resu
 }
 
 /// What `peak_memory_bytes` measures (`peak_memory_measure` in a response).
+#[cfg(feature = "cuda")]
 pub(crate) const PEAK_OF_DEVICE_POOL: &str = "device_pool_allocated";
 pub(crate) const PEAK_OF_PROCESS_RESIDENT_SET: &str = "process_resident_set";
 

@@ -67,14 +67,8 @@ fn install_quiet_panic_hook() {
 
 /// Runs `body`; on error or panic records the last error and returns `on_error(code)`.
 pub fn guard<T>(on_error: impl FnOnce(&Error) -> T, body: impl FnOnce() -> Result<T>) -> T {
-    install_quiet_panic_hook();
     clear_last_error();
-    let was_inside = INSIDE_GUARD.with(|inside| inside.replace(true));
-    ACTIVE_CALLS.fetch_add(1, Ordering::SeqCst);
-    let outcome = catch_unwind(AssertUnwindSafe(body));
-    ACTIVE_CALLS.fetch_sub(1, Ordering::SeqCst);
-    INSIDE_GUARD.with(|inside| inside.set(was_inside));
-    let err = match outcome {
+    let err = match catch_quietly(body) {
         Ok(Ok(value)) => return value,
         Ok(Err(err)) => err,
         Err(payload) => {
@@ -94,13 +88,19 @@ pub fn guard<T>(on_error: impl FnOnce(&Error) -> T, body: impl FnOnce() -> Resul
 /// `sdxl_version`, `sdxl_string_free`): a panic still never unwinds into the host; it gives
 /// `fallback`.
 pub fn guard_infallible<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_quietly(body).unwrap_or(fallback)
+}
+
+/// Runs `body` as an export: a panic is caught, and its message goes to the log instead of
+/// the host's stderr (the hook checks the marks set here).
+fn catch_quietly<T>(body: impl FnOnce() -> T) -> std::thread::Result<T> {
     install_quiet_panic_hook();
     let was_inside = INSIDE_GUARD.with(|inside| inside.replace(true));
     ACTIVE_CALLS.fetch_add(1, Ordering::SeqCst);
     let outcome = catch_unwind(AssertUnwindSafe(body));
     ACTIVE_CALLS.fetch_sub(1, Ordering::SeqCst);
     INSIDE_GUARD.with(|inside| inside.set(was_inside));
-    outcome.unwrap_or(fallback)
+    outcome
 }
 
 /// Borrows a C string argument: NULL and invalid UTF-8 are errors naming the argument.
