@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "threads.h"
 #include "sdxl.h"
 
 /* One 64x64 step of builtin:tiny: the cheapest real request. */
@@ -25,11 +26,6 @@ static void tiny_request(char *buffer, size_t size, const char *request_id, int 
              "\"hyperparameters\":{\"num_inference_steps\":%d,\"seed\":1,\"guidance_scale\":1},"
              "\"scheduler\":\"EulerDiscreteScheduler\",\"metadata\":{\"request_id\":\"%s\"}}",
              steps, request_id);
-}
-
-static void sleep_ms(long ms) {
-    struct timespec pause = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&pause, NULL);
 }
 
 /* ---- A queued request is cancelled without running; the running one is untouched. ---- */
@@ -52,34 +48,6 @@ static bool hold_long_request(const SdxlProgress *progress, void *user_data) {
         }
     }
     return true;
-}
-
-struct call {
-    SdxlEngine *engine;
-    char request[512];
-    char *response;
-    atomic_int returned;
-};
-
-static void *generate_on_thread(void *argument) {
-    struct call *call = (struct call *)argument;
-    call->response = sdxl_generate_json(call->engine, call->request);
-    atomic_store(&call->returned, 1);
-    return NULL;
-}
-
-/* Polls the engine's status until `needle` shows up (or about 60 s pass). */
-static int wait_for_status(SdxlEngine *engine, const char *needle) {
-    for (int attempt = 0; attempt < 60000; attempt++) {
-        char *status = sdxl_status_json(engine);
-        int found = contains(status, needle);
-        sdxl_string_free(status);
-        if (found) {
-            return 1;
-        }
-        sleep_ms(1);
-    }
-    return 0;
 }
 
 static void queued_request_is_cancelled_alone(SdxlEngine *engine) {

@@ -11,15 +11,11 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "threads.h"
 #include "sdxl.h"
 
 /* Enough steps that the request is still running when sdxl_free arrives. */
 #define LONG_STEPS 150
-
-static void sleep_ms(long ms) {
-    struct timespec pause = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&pause, NULL);
-}
 
 struct progress {
     atomic_int denoise_steps; /* of the "running" request */
@@ -37,18 +33,6 @@ static bool count_steps(const SdxlProgress *progress, void *user_data) {
     return true;
 }
 
-struct call {
-    SdxlEngine *engine;
-    char request[512];
-    char *response;
-};
-
-static void *generate_on_thread(void *argument) {
-    struct call *call = (struct call *)argument;
-    call->response = sdxl_generate_json(call->engine, call->request);
-    return NULL;
-}
-
 static void request_with_id(char *buffer, size_t size, const char *request_id) {
     snprintf(buffer, size,
              "{\"prompt\":\"a cat\",\"models\":{\"base\":\"builtin:tiny\"},"
@@ -56,20 +40,6 @@ static void request_with_id(char *buffer, size_t size, const char *request_id) {
              "\"hyperparameters\":{\"num_inference_steps\":%d,\"seed\":1},"
              "\"scheduler\":\"EulerDiscreteScheduler\",\"metadata\":{\"request_id\":\"%s\"}}",
              LONG_STEPS, request_id);
-}
-
-/* Polls the engine's status until `needle` shows up (or about 60 s pass). */
-static int wait_for_status(SdxlEngine *engine, const char *needle) {
-    for (int attempt = 0; attempt < 60000; attempt++) {
-        char *status = sdxl_status_json(engine);
-        int found = contains(status, needle);
-        sdxl_string_free(status);
-        if (found) {
-            return 1;
-        }
-        sleep_ms(1);
-    }
-    return 0;
 }
 
 int main(void) {
