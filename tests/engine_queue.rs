@@ -34,6 +34,12 @@ fn respond(engine: &Engine, text: &str) -> Value {
     serde_json::from_str(&engine.handle_json(text)).unwrap()
 }
 
+/// Sends `text` to the engine from a new thread; join it for the response.
+fn in_thread(engine: &Arc<Engine>, text: String) -> std::thread::JoinHandle<Value> {
+    let engine = engine.clone();
+    std::thread::spawn(move || respond(&engine, &text))
+}
+
 fn queue(engine: &Engine) -> Value {
     engine.status()["queue"].clone()
 }
@@ -71,22 +77,18 @@ fn queued_requests_run_high_then_normal_then_low_first_come_first_served_within_
     let engine = engine("priority");
     let release = Arc::new(AtomicBool::new(false));
     let started = hold_and_record(&engine, "blocker", release.clone());
-    let blocker = {
-        let engine = engine.clone();
-        std::thread::spawn(move || respond(&engine, &request("blocker", json!({}))))
-    };
+    let blocker = in_thread(&engine, request("blocker", json!({})));
     wait_until(&engine, "the blocker to run", |queue| queue["running"] == "blocker");
 
     // Submitted one after the other while the blocker runs; `None` is a request naming no priority.
     let submissions = [("low-1", Some("low")), ("normal-1", Some("normal")), ("high-1", Some("high")), ("default-1", None), ("low-2", Some("low")), ("high-2", Some("high"))];
     let mut threads = Vec::new();
     for (count, (id, priority)) in submissions.into_iter().enumerate() {
-        let engine_for_thread = engine.clone();
         let metadata = match priority {
             Some(priority) => json!({"metadata": {"request_id": id, "priority": priority, "tags": [id]}}),
             None => json!({}),
         };
-        threads.push(std::thread::spawn(move || respond(&engine_for_thread, &request(id, metadata))));
+        threads.push(in_thread(&engine, request(id, metadata)));
         wait_until(&engine, id, |queue| queue["waiting"].as_array().is_some_and(|waiting| waiting.len() == count + 1));
     }
     let expected = ["high-1", "high-2", "normal-1", "default-1", "low-1", "low-2"];
@@ -108,15 +110,9 @@ fn cancel_request_ends_a_queued_request_at_once_and_leaves_the_running_one() {
     let engine = engine("cancel-queued");
     let release = Arc::new(AtomicBool::new(false));
     let started = hold_and_record(&engine, "running", release.clone());
-    let running = {
-        let engine = engine.clone();
-        std::thread::spawn(move || respond(&engine, &request("running", json!({}))))
-    };
+    let running = in_thread(&engine, request("running", json!({})));
     wait_until(&engine, "the first request to run", |queue| queue["running"] == "running");
-    let queued = {
-        let engine = engine.clone();
-        std::thread::spawn(move || respond(&engine, &request("queued", json!({}))))
-    };
+    let queued = in_thread(&engine, request("queued", json!({})));
     wait_until(&engine, "the second request to queue", |queue| queue["waiting"] == json!(["queued"]));
 
     assert!(engine.cancel_request("queued"), "the queued request was not found");
