@@ -37,10 +37,7 @@ impl CustomOp1 for Geglu {
 }
 
 fn launch<T: DeviceRepr>(storage: &CudaStorage, input: &CudaSlice<T>, layout: &Layout, rows: usize, inner: usize, suffix: &str) -> candle_core::Result<CudaSlice<T>> {
-    let input = match layout.contiguous_offsets() {
-        Some((start, end)) => input.slice(start..end),
-        None => candle_core::bail!("geglu: input must be contiguous"),
-    };
+    let input = super::contiguous(input, layout, "geglu", "input")?;
     let device = storage.device();
     let stream = device.cuda_stream();
     // SAFETY: the kernel writes every element.
