@@ -9,5 +9,6 @@ TF4ENV=${TF4ENV:-/opt/tf4env/bin/python}   # transformers 4.x + ftfy (slow CLIPT
 "$REFENV" tools/reference/make_references.py
 "$REFENV" tools/reference/make_randn.py
 "$REFENV" tools/reference/make_lora_references.py   # needs peft
+"$REFENV" tools/reference/make_refiner_vae_references.py   # refiner, fp16-fix VAE, VAE tiling
 "$REFENV" tools/reference/make_scheduler_references.py   # needs scipy
 du -sh tests/fixtures assets/clip_tokenizer.json.gz

@@ -260,3 +260,132 @@ TOKENIZER_FILES = {
 UNET = {k: (tuple(v) if isinstance(v, list) else v) for k, v in UNET_CONFIG.items() if not k.startswith("_")}
 VAE = {k: (tuple(v) if isinstance(v, list) else v) for k, v in VAE_CONFIG.items() if not k.startswith("_")}
 TE2_LAYERS = TEXT_ENCODER_2_CONFIG["num_hidden_layers"]
+
+# ----------------------------------------------------------------------------------------------
+# SDXL refiner (stabilityai/stable-diffusion-xl-refiner-1.0) and madebyollin/sdxl-vae-fp16-fix,
+# used by make_refiner_vae_references.py. Published files, every field, published key order.
+#
+# Provenance (see README "tiny-sdxl-refiner"):
+# - REFINER_MODEL_INDEX: the published model_index.json, read verbatim (a byte copy of the file in a
+#   public GitHub mirror, JSchalter/models stable-diffusion-xl-refiner-1.0/model_index.json).
+# - REFINER_UNET: reconstructed, not read verbatim. The values are those of the published file as
+#   loaded and re-saved by diffusers 0.29.1 / 0.30.3 (third-party copies of the refiner unet config);
+#   0.30.3 lists `reverse_transformer_layers_per_block`, `dropout`, `attention_type` in
+#   `_use_default_values`, i.e. the published file has exactly the base unet's keys. `_diffusers_version`
+#   is taken from model_index.json. Written as below (sorted, indent 2) it is 1709 bytes; the hub lists
+#   the published file as 1.71 kB.
+# - REFINER_SCHEDULER: reconstructed as the base's published scheduler_config.json (the hub lists the
+#   refiner's as 479 bytes from the same commit, the size of the base's file).
+# - text_encoder_2, tokenizer_2 and vae of the refiner repo are the base's files (the hub lists
+#   text_encoder_2/config.json as the base's 575-byte file and vae/config.json as 642 bytes, the size of
+#   SDXL_VAE written out), so the tiny refiner copies the tiny base's folders byte for byte.
+# - SDXL_VAE_FP16_FIX: the published config.json (copied field for field, `force_upcast` last as in the
+#   file, by a public repo that embeds it; the key set and values match other copies).
+# ----------------------------------------------------------------------------------------------
+REFINER_MODEL_INDEX = {
+    "_class_name": "StableDiffusionXLImg2ImgPipeline",
+    "_diffusers_version": "0.19.0.dev0",
+    "force_zeros_for_empty_prompt": False,
+    "add_watermarker": None,
+    "requires_aesthetics_score": True,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": [None, None],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": [None, None],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+REFINER_UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "_diffusers_version": "0.19.0.dev0",
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [6, 12, 24, 24],  # heads per level (SDXL naming); 64-wide heads
+    "block_out_channels": [384, 768, 1536, 1536],
+    "center_input_sample": False,
+    "class_embed_type": None,
+    "class_embeddings_concat": False,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "cross_attention_dim": 1280,  # bigG's hidden size only (no CLIP-L)
+    "cross_attention_norm": None,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1,
+    "dual_cross_attention": False,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_only_cross_attention": None,
+    "mid_block_scale_factor": 1,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_attention_heads": None,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2560,  # 5 time ids x 256 + 1280 pooled
+    "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False,
+    "resnet_time_scale_shift": "default",
+    "sample_size": 128,
+    "time_cond_proj_dim": None,
+    "time_embedding_act_fn": None,
+    "time_embedding_dim": None,
+    "time_embedding_type": "positional",
+    "timestep_post_act": None,
+    "transformer_layers_per_block": 4,  # an int, applied to every cross-attention level and the mid block
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "upcast_attention": None,
+    "use_linear_projection": True,
+}
+
+REFINER_SCHEDULER = dict(SDXL_SCHEDULER)
+
+SDXL_VAE_FP16_FIX = {
+    "_class_name": "AutoencoderKL",
+    "_diffusers_version": "0.18.0.dev0",
+    "_name_or_path": ".",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "scaling_factor": 0.13025,
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "force_upcast": False,
+}
+
+REFINER_TIME_IDS = 5  # original_size (2) + crops_coords_top_left (2) + aesthetic_score (1)
+REFINER_UNET_SHRINK = dict(
+    addition_time_embed_dim=ADD_TIME_DIM,
+    attention_head_dim=[2, 2, 4, 4],  # heads per level
+    block_out_channels=[16, 32, 32, 32],
+    cross_attention_dim=TE2_HIDDEN,  # the refiner conditions on bigG only: 1280
+    norm_num_groups=8,
+    # 5 time ids x addition_time_embed_dim + the pooled embedding (5·256 + 1280 = 2560)
+    projection_class_embeddings_input_dim=REFINER_TIME_IDS * ADD_TIME_DIM + TE2_PROJ,
+    transformer_layers_per_block=2,  # an int, as published
+)
+VAE_FP16_FIX_SHRINK = dict(VAE_SHRINK)
+
+REFINER_MODEL_INDEX_CONFIG = dict(REFINER_MODEL_INDEX)
+REFINER_UNET_CONFIG = shrink(REFINER_UNET, REFINER_UNET_SHRINK)
+REFINER_SCHEDULER_CONFIG = dict(REFINER_SCHEDULER)
+VAE_FP16_FIX_CONFIG = shrink(SDXL_VAE_FP16_FIX, VAE_FP16_FIX_SHRINK)
+
+REFINER_UNET_ARGS = {k: (tuple(v) if isinstance(v, list) else v) for k, v in REFINER_UNET_CONFIG.items()
+                     if not k.startswith("_")}
+VAE_FP16_FIX_ARGS = {k: (tuple(v) if isinstance(v, list) else v) for k, v in VAE_FP16_FIX_CONFIG.items()
+                     if not k.startswith("_")}
