@@ -19,6 +19,8 @@ pub struct GenerationRequest {
     pub scheduler: Option<String>,
     pub scheduler_options: Option<SchedulerOptions>,
     pub models: Option<Models>,
+    /// How `models.refiner` finishes the image (issue 14's contract).
+    pub refiner: Option<RefinerOptions>,
     pub lora: Option<LoraConfig>,
     /// The seed's object, or an array of them (several ControlNets).
     pub controlnet: Option<ControlNetSpec>,
@@ -72,6 +74,20 @@ pub struct Models {
     pub base: Option<String>,
     pub refiner: Option<String>,
     pub vae: Option<String>,
+}
+
+/// `refiner`: diffusers' two ways of using the SDXL refiner.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RefinerOptions {
+    /// "ensemble" (default: the refiner finishes the base's schedule) or "img2img".
+    pub mode: Option<String>,
+    /// Ensemble: the fraction of the schedule the base runs before handing over.
+    pub denoising_start: Option<f64>,
+    /// img2img: how much of the refiner's schedule re-noises the base's latents.
+    pub strength: Option<f64>,
+    pub aesthetic_score: Option<f64>,
+    pub negative_aesthetic_score: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -186,6 +202,20 @@ pub struct PrecisionConfig {
     pub cpu_offload: Option<bool>,
     pub attention_slicing: Option<bool>,
     pub vae_slicing: Option<bool>,
+    /// true, false or "auto" (tile when the whole decode would not fit the memory budget).
+    pub vae_tiling: Option<BoolOrAuto>,
+    /// Tile size in pixels (diffusers' `tile_sample_min_size`; default the VAE's `sample_size`).
+    pub vae_tile_size: Option<i64>,
+    /// Fraction of a tile that overlaps its neighbour (diffusers' `tile_overlap_factor`, 0.25).
+    pub vae_tile_overlap: Option<f64>,
+}
+
+/// A switch that also takes "auto".
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum BoolOrAuto {
+    Bool(bool),
+    Text(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

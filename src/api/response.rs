@@ -20,6 +20,9 @@ pub struct GeneratedImage {
 pub struct StageTimes {
     pub text_encode: f64,
     pub denoise: f64,
+    /// The refiner's denoising (0 without a refiner).
+    #[serde(default)]
+    pub refine: f64,
     pub decode: f64,
     pub save: f64,
 }

@@ -156,6 +156,53 @@ pub struct MicroConditioning {
     pub target_size: [u32; 2],
 }
 
+/// How the refiner finishes the base's image (diffusers' two recipes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefinerMode {
+    /// Ensemble of expert denoisers: the base stops at `denoising_start` of the schedule and
+    /// the refiner runs the rest of the same schedule on the base's latents.
+    Ensemble,
+    /// The base runs every step; the refiner re-noises its latents by `strength` and denoises.
+    Img2Img,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefinerPlan {
+    pub model: String,
+    pub mode: RefinerMode,
+    pub denoising_start: f64,
+    pub strength: f64,
+    pub aesthetic_score: f64,
+    pub negative_aesthetic_score: f64,
+}
+
+pub(crate) const DEFAULT_REFINER_START: f64 = 0.8;
+pub(crate) const DEFAULT_REFINER_STRENGTH: f64 = 0.3;
+pub(crate) const DEFAULT_AESTHETIC_SCORE: f64 = 6.0;
+pub(crate) const DEFAULT_NEGATIVE_AESTHETIC_SCORE: f64 = 2.5;
+pub(crate) const DEFAULT_TILE_OVERLAP: f64 = 0.25;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TilingChoice {
+    Off,
+    On,
+    /// Tile only when the whole decode would not fit the memory budget.
+    Auto,
+}
+
+/// Which VAE encodes and decodes, in which dtype, and whether it tiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaePlan {
+    /// `models.vae`; None: the base model's own VAE.
+    pub model: Option<String>,
+    /// `precision.vae_dtype`; None: the engine's.
+    pub dtype: Option<String>,
+    pub tiling: TilingChoice,
+    /// Pixels; None: the VAE's `sample_size`.
+    pub tile_size: Option<u32>,
+    pub tile_overlap: f64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraRequest {
     pub name: String,
@@ -170,7 +217,8 @@ pub struct GenerationPlan {
     /// None: zeros when the model says `force_zeros_for_empty_prompt`; any string ("" too) is text.
     pub negative_prompt: Option<String>,
     pub base_model: String,
-    pub refiner_model: Option<String>,
+    pub refiner: Option<RefinerPlan>,
+    pub vae: VaePlan,
     pub steps: u32,
     pub guidance_scale: f64,
     /// The first image's seed; image i uses `seed + i`.
@@ -238,12 +286,7 @@ pub fn plan_request(
     if base_model.trim().is_empty() {
         errors.push(FieldError::new("models.base", "Base model is required"));
     }
-    if let Some(refiner) = models.refiner.as_deref().filter(|r| !r.trim().is_empty()) {
-        unsupported.push(FieldError::new(
-            "models.refiner",
-            format!("the refiner ({refiner}) is not supported yet by this build"),
-        ));
-    }
+    let refiner = plan_refiner(request, &models, &mut errors, &mut warnings);
 
     let dimensions = request.dimensions.clone().unwrap_or_default();
     let width = check_dimension("dimensions.width", dimensions.width, limits, &mut errors);
@@ -343,9 +386,6 @@ pub fn plan_request(
             }
         }
     }
-    if let Some(vae) = models.vae.as_deref().filter(|v| !v.trim().is_empty()) {
-        unsupported.push(FieldError::new("models.vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
-    }
 
     let output = request.output.clone().unwrap_or_default();
     let format_name = output.format.clone().unwrap_or_else(|| "png".into());
@@ -389,6 +429,7 @@ pub fn plan_request(
             }
         }
     }
+    let vae = plan_vae(request, &models, &mut errors);
 
     let rng = match request.rng.as_deref().unwrap_or("torch_cpu") {
         "torch_cpu" => RngKind::TorchCpu,
@@ -478,7 +519,8 @@ pub fn plan_request(
         prompt,
         negative_prompt: request.negative_prompt.clone(),
         base_model,
-        refiner_model: None,
+        refiner,
+        vae,
         steps: steps as u32,
         guidance_scale,
         seed,
@@ -500,6 +542,81 @@ pub fn plan_request(
         max_prompt_windows: limits.max_prompt_windows as usize,
         warnings,
     })
+}
+
+fn plan_refiner(request: &GenerationRequest, models: &super::request::Models, errors: &mut Vec<FieldError>, warnings: &mut Vec<String>) -> Option<RefinerPlan> {
+    let options = request.refiner.clone().unwrap_or_default();
+    let Some(model) = models.refiner.clone().filter(|r| !r.trim().is_empty()) else {
+        if request.refiner.is_some() {
+            warnings.push("refiner options ignored: the request names no models.refiner".into());
+        }
+        return None;
+    };
+    let mode = match options.mode.as_deref().unwrap_or("ensemble") {
+        "ensemble" => RefinerMode::Ensemble,
+        "img2img" => RefinerMode::Img2Img,
+        other => {
+            errors.push(FieldError::new("refiner.mode", format!("unknown refiner mode '{other}' (expected ensemble or img2img)")));
+            RefinerMode::Ensemble
+        }
+    };
+    let denoising_start = options.denoising_start.unwrap_or(DEFAULT_REFINER_START);
+    if !(denoising_start > 0.0 && denoising_start < 1.0) {
+        errors.push(FieldError::new("refiner.denoising_start", format!("Invalid denoising_start: {denoising_start}. Must be in (0, 1)")));
+    }
+    let strength = options.strength.unwrap_or(DEFAULT_REFINER_STRENGTH);
+    if !(strength > 0.0 && strength <= 1.0) {
+        errors.push(FieldError::new("refiner.strength", format!("Invalid strength: {strength}. Must be in (0, 1]")));
+    }
+    let aesthetic_score = options.aesthetic_score.unwrap_or(DEFAULT_AESTHETIC_SCORE);
+    let negative_aesthetic_score = options.negative_aesthetic_score.unwrap_or(DEFAULT_NEGATIVE_AESTHETIC_SCORE);
+    for (field, value) in [("refiner.aesthetic_score", aesthetic_score), ("refiner.negative_aesthetic_score", negative_aesthetic_score)] {
+        // The score is a micro-conditioning input like a size: finite, and within what the
+        // refiner was trained on (LAION aesthetic scores run 0..10).
+        if !(value.is_finite() && (0.0..=10.0).contains(&value)) {
+            errors.push(FieldError::new(field, format!("Invalid score: {value}. Must be 0-10")));
+        }
+    }
+    Some(RefinerPlan { model, mode, denoising_start, strength, aesthetic_score, negative_aesthetic_score })
+}
+
+fn plan_vae(request: &GenerationRequest, models: &super::request::Models, errors: &mut Vec<FieldError>) -> VaePlan {
+    use super::request::BoolOrAuto;
+    let precision = request.precision.clone().unwrap_or_default();
+    let tiling = match &precision.vae_tiling {
+        None => TilingChoice::Auto,
+        Some(BoolOrAuto::Bool(true)) => TilingChoice::On,
+        Some(BoolOrAuto::Bool(false)) => TilingChoice::Off,
+        Some(BoolOrAuto::Text(text)) if text == "auto" => TilingChoice::Auto,
+        Some(BoolOrAuto::Text(text)) => {
+            errors.push(FieldError::new("precision.vae_tiling", format!("'{text}' is not true, false or \"auto\"")));
+            TilingChoice::Auto
+        }
+    };
+    let tile_size = match precision.vae_tile_size {
+        None => None,
+        Some(size) if (64..=4096).contains(&size) && size % 8 == 0 => Some(size as u32),
+        Some(size) => {
+            errors.push(FieldError::new("precision.vae_tile_size", format!("Invalid tile size: {size}. Must be 64-4096 pixels and divisible by 8")));
+            None
+        }
+    };
+    let tile_overlap = precision.vae_tile_overlap.unwrap_or(DEFAULT_TILE_OVERLAP);
+    if !(0.0..0.5).contains(&tile_overlap) {
+        errors.push(FieldError::new("precision.vae_tile_overlap", format!("Invalid tile overlap: {tile_overlap}. Must be in [0, 0.5)")));
+    } else if let Some(size) = tile_size {
+        let tiling = crate::models::VaeTiling { tile_size: size as usize, overlap: tile_overlap };
+        if let Err(message) = tiling.check(8) {
+            errors.push(FieldError::new("precision.vae_tile_size", message));
+        }
+    }
+    VaePlan {
+        model: models.vae.clone().filter(|v| !v.trim().is_empty()),
+        dtype: precision.vae_dtype.clone(),
+        tiling,
+        tile_size,
+        tile_overlap,
+    }
 }
 
 fn check_dimension(field: &str, value: Option<i64>, limits: &Limits, errors: &mut Vec<FieldError>) -> u32 {

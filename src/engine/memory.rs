@@ -8,6 +8,7 @@ use candle_core::DType;
 
 use crate::api::validate::GenerationPlan;
 use crate::loader::SdxlModel;
+use crate::models::VaeConfig;
 
 const SCORE_CHUNK_BYTES: u64 = crate::models::attention::SCORE_CHUNK_BYTES as u64;
 
@@ -22,9 +23,16 @@ fn product(factors: &[u64]) -> u64 {
     factors.iter().fold(1u64, |acc, &f| acc.saturating_mul(f))
 }
 
-/// Peak bytes of activations for one request on the model (weights excluded). Saturating
-/// arithmetic: an absurd request estimates as u64::MAX, never as a small wrapped number.
+/// Peak bytes of activations for one request on the model (weights excluded), its VAE
+/// decoding the whole image at once. Saturating arithmetic: an absurd request estimates as
+/// u64::MAX, never as a small wrapped number.
 pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
+    let vae = model.vae.network().config();
+    estimate_denoise_bytes(model, plan).saturating_add(estimate_vae_bytes(vae, model.vae_dtype, plan.height as u64, plan.width as u64))
+}
+
+/// The UNet's share: attention scores, skip feature maps and the text context.
+pub fn estimate_denoise_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     let unet = model.unet.config();
     let factor = model.vae.network().config().downscale_factor() as u64;
     let (h, w) = (plan.height as u64 / factor, plan.width as u64 / factor);
@@ -49,15 +57,6 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     let features: u64 = (0..levels)
         .map(|level| product(&[rows, unet.block_out_channels[level] as u64, h >> level, w >> level, element, 8]))
         .fold(0u64, u64::saturating_add);
-    let vae = model.vae.network().config();
-    let vae_element = dtype_bytes(model.vae_dtype);
-    let latent_tokens = product(&[h, w]);
-    let vae_attention = product(&[2, latent_tokens, latent_tokens, vae_element]).min(2 * SCORE_CHUNK_BYTES);
-    let full_resolution = product(&[plan.height as u64, plan.width as u64, vae.block_out_channels[0] as u64, vae_element, 4]);
-    // cuDNN's fastest algorithm for the decoder's full-resolution convolutions takes a workspace
-    // about twice the size of their widest input (src/cuda/convolution.rs).
-    let convolution_workspace =
-        if cfg!(feature = "cudnn") { product(&[plan.height as u64, plan.width as u64, *vae.block_out_channels.get(1).unwrap_or(&0) as u64, vae_element, 2]) } else { 0 };
     // Long prompts: every 75-token window adds 77 keys to each cross-attention (the text context
     // and its key/value projections). The window count is bounded from the text's length (a
     // token takes at least one byte) and the engine's limit, before anything is tokenized.
@@ -65,10 +64,29 @@ pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     let windows = longest_text.div_ceil(75).clamp(1, plan.max_prompt_windows.max(1) as u64);
     let context_dim = unet.cross_attention_dim as u64;
     let text_context = product(&[rows, 77 * windows, context_dim.max(1), element, 4]);
-    attention
-        .saturating_add(features)
-        .saturating_add(text_context)
-        .saturating_add(vae_attention.max(full_resolution.saturating_add(convolution_workspace)))
+    attention.saturating_add(features).saturating_add(text_context)
+}
+
+/// The VAE decoder at `height × width` pixels: its mid-block attention over every latent
+/// cell, or its full-resolution feature maps and their convolution workspace.
+pub fn estimate_vae_bytes(vae: &VaeConfig, dtype: DType, height: u64, width: u64) -> u64 {
+    let factor = vae.downscale_factor() as u64;
+    let vae_element = dtype_bytes(dtype);
+    let latent_tokens = product(&[height / factor, width / factor]);
+    let vae_attention = product(&[2, latent_tokens, latent_tokens, vae_element]).min(2 * SCORE_CHUNK_BYTES);
+    let full_resolution = product(&[height, width, vae.block_out_channels[0] as u64, vae_element, 4]);
+    // cuDNN's fastest algorithm for the decoder's full-resolution convolutions takes a workspace
+    // about twice the size of their widest input (src/cuda/convolution.rs).
+    let convolution_workspace =
+        if cfg!(feature = "cudnn") { product(&[height, width, *vae.block_out_channels.get(1).unwrap_or(&0) as u64, vae_element, 2]) } else { 0 };
+    vae_attention.max(full_resolution.saturating_add(convolution_workspace))
+}
+
+/// A tiled decode: one tile's decoder activations, plus every decoded tile of the image kept
+/// for blending and the stitched result (float32 image channels).
+pub fn estimate_tiled_vae_bytes(vae: &VaeConfig, dtype: DType, tile_size: u64, height: u64, width: u64) -> u64 {
+    let image = product(&[height, width, vae.out_channels as u64, 4]);
+    estimate_vae_bytes(vae, dtype, tile_size.min(height), tile_size.min(width)).saturating_add(image.saturating_mul(3))
 }
 
 /// `max_memory_gb` in bytes.

@@ -21,9 +21,12 @@ use serde_json::{json, Value};
 use crate::api::validate::GenerationPlan;
 use crate::api::request::GenerationRequest;
 use crate::api::{self, GeneratedImage, GenerationData, Message, ProcessingMetrics, Response, ServedMetadata};
-use crate::error::{Error, FieldError, Result};
-use crate::loader::{self, LoadOptions, SdxlModel};
-use crate::pipeline::{self, ProgressEvent, ProgressObserver, RunContext, Stage};
+use crate::error::{Error, Result};
+use crate::api::validate::TilingChoice;
+use crate::loader::vae::{VaeLoadOptions, VaeModel};
+use crate::loader::{self, LoadOptions, ModelRole, SdxlModel};
+use crate::models::VaeTiling;
+use crate::pipeline::{self, PipelineModels, ProgressEvent, ProgressObserver, RunContext, Stage, VaeChoice};
 use crate::rng::NormalKernel;
 pub use config::EngineConfig;
 pub use request_queue::Priority;
@@ -32,15 +35,31 @@ use request_queue::{RequestQueue, Ticket};
 /// A host's progress callback: returns false to cancel.
 pub type ProgressCallback = Box<dyn FnMut(&str, &ProgressEvent) -> bool + Send>;
 
-/// A cached model: the name it was asked for and the config folder it was loaded with.
+/// A cached model: the name it was asked for, the config folder it was loaded with, and
+/// whether it serves as a base or a refiner.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ModelKey {
     name: String,
     config_dir: Option<String>,
+    role: ModelRole,
 }
 
 struct LoadedModel {
     model: Arc<SdxlModel>,
+    last_used: u64,
+}
+
+/// A cached VAE on its own: `models.vae` by name, or a model's VAE in another dtype.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct VaeKey {
+    /// The `models.vae` name, or `vae of <model name>`.
+    source: String,
+    dtype: DType,
+    cpu_offload: bool,
+}
+
+struct LoadedVae {
+    vae: Arc<VaeModel>,
     last_used: u64,
 }
 
@@ -53,6 +72,7 @@ pub struct Engine {
     /// Warnings every response carries (e.g. dtype downgraded on CPU).
     engine_warnings: Vec<String>,
     models: Mutex<HashMap<ModelKey, LoadedModel>>,
+    vaes: Mutex<HashMap<VaeKey, LoadedVae>>,
     /// Parsed LoRA files, shared by every model (adapters are matched to a model when applied).
     loras: crate::lora::LoraCache,
     /// Serialises device work: one request (or model load) runs at a time, the others wait
@@ -107,6 +127,7 @@ impl Engine {
             vae_dtype,
             engine_warnings,
             models: Mutex::new(HashMap::new()),
+            vaes: Mutex::new(HashMap::new()),
             loras: crate::lora::LoraCache::default(),
             queue: RequestQueue::default(),
             progress: Mutex::new(None),
@@ -155,19 +176,21 @@ impl Engine {
         self.queue.close();
     }
 
-    /// Loads (or finds cached) the model a name resolves to. `cpu_offload` is the placement
-    /// wanted; a cached model placed otherwise is loaded again. Before loading, least recently
-    /// used models are evicted until the new weights fit the memory budget.
-    fn model(&self, name: &str, config_dir: Option<&str>, cpu_offload: bool) -> Result<Arc<SdxlModel>> {
+    /// Loads (or finds cached) the model a name resolves to, as a base or a refiner.
+    /// `cpu_offload` is the placement wanted; a cached model placed otherwise is loaded again.
+    /// A refiner's `base` stays cached while it loads and lends it its OpenCLIP encoder when
+    /// the weights are the same. Before loading, least recently used models are evicted until
+    /// the new weights fit the memory budget.
+    fn model(&self, name: &str, config_dir: Option<&str>, cpu_offload: bool, role: ModelRole, base: Option<&Arc<SdxlModel>>) -> Result<Arc<SdxlModel>> {
         let stamp = self.use_counter.fetch_add(1, Ordering::Relaxed);
-        let mut key = ModelKey { name: name.to_string(), config_dir: config_dir.map(str::to_string) };
+        let mut key = ModelKey { name: name.to_string(), config_dir: config_dir.map(str::to_string), role };
         {
             let mut models = self.models.lock();
             // A request names only the model; it uses whatever config it was loaded with.
             let found = if models.contains_key(&key) || config_dir.is_some() {
                 Some(key.clone())
             } else {
-                models.keys().find(|k| k.name == name).cloned()
+                models.keys().find(|k| k.name == name && k.role == role).cloned()
             };
             if let Some(found) = found {
                 match models.get_mut(&found) {
@@ -184,6 +207,10 @@ impl Engine {
                 }
             }
         }
+        let field = match role {
+            ModelRole::Base => "models.base",
+            ModelRole::Refiner => "models.refiner",
+        };
         let location = loader::resolve_model(name, self.config.models_dir.as_deref())?;
         let config_path = key.config_dir.as_ref().map(PathBuf::from);
         if let Some(dir) = &config_path {
@@ -191,43 +218,106 @@ impl Engine {
                 return Err(Error::validation("config", format!("{} is not a folder", dir.display())));
             }
         }
-        let options = LoadOptions { device: &self.device, dtype: self.dtype, vae_dtype: self.vae_dtype, config_dir: config_path.as_deref(), cpu_offload };
-        while self.models.lock().len() >= self.config.max_loaded_models && self.evict_least_recently_used(None) {}
+        let options = LoadOptions {
+            role,
+            share_text_encoder_2_with: base.map(|base| &**base),
+            device: &self.device,
+            dtype: self.dtype,
+            vae_dtype: self.vae_dtype,
+            config_dir: config_path.as_deref(),
+            cpu_offload,
+        };
+        while self.models.lock().len() >= self.config.max_loaded_models && self.evict_least_recently_used(base) {}
         let needed = loader::estimate_device_weight_bytes(&location, &options)?;
-        if let Err(available) = self.make_room(needed, None) {
+        if let Err(available) = self.make_room(needed, base) {
             return Err(Error::OutOfMemory(format!(
                 "loading {name} needs about {} for its weights, more than the {available} even with no other model loaded; use a smaller dtype or precision.cpu_offload",
                 memory::gib(needed)
             )));
         }
-        tracing::info!(model = name, "loading model");
-        let model = Arc::new(loader::load_model(&location, &options)?);
+        tracing::info!(model = name, role = role.name(), "loading model");
+        let model = Arc::new(loader::load_model(&location, &options).map_err(|err| name_the_field(err, field))?);
         self.models.lock().insert(key, LoadedModel { model: model.clone(), last_used: stamp });
         Ok(model)
     }
 
-    /// Drops the least recently used cached model other than `keep`; false if none was left.
+    /// Loads (or finds cached) a VAE on its own: `models.vae` (`custom`), or `model`'s own
+    /// VAE in another dtype. Counted and evicted like models.
+    fn vae_model(&self, custom: Option<&str>, model_name: &str, model: &Arc<SdxlModel>, dtype: DType, cpu_offload: bool) -> Result<Arc<VaeModel>> {
+        let stamp = self.use_counter.fetch_add(1, Ordering::Relaxed);
+        let source = match custom {
+            Some(name) => name.to_string(),
+            None => format!("vae of {model_name}"),
+        };
+        let key = VaeKey { source, dtype, cpu_offload };
+        if let Some(entry) = self.vaes.lock().get_mut(&key) {
+            entry.last_used = stamp;
+            return Ok(entry.vae.clone());
+        }
+        let location = match custom {
+            Some(name) => loader::vae::resolve_vae(name, self.config.models_dir.as_deref()).map_err(|err| name_the_field(err, "models.vae"))?,
+            None => model.location.clone(),
+        };
+        let fallback_config = model.vae.network().config().clone();
+        // A VAE is a few hundred megabytes: its estimate is its base VAE's parameter count.
+        let needed = crate::loader::vae_parameter_count(&fallback_config) * dtype.size_in_bytes() as u64;
+        if let Err(available) = self.make_room(if cpu_offload { 0 } else { needed }, Some(model)) {
+            return Err(Error::OutOfMemory(format!("loading the VAE {} needs about {}, more than the {available}", key.source, memory::gib(needed))));
+        }
+        tracing::info!(vae = key.source.as_str(), "loading VAE");
+        let options = VaeLoadOptions { device: &self.device, dtype, cpu_offload };
+        let vae = Arc::new(loader::vae::load_vae(&location, &fallback_config, model.unet.config(), &options).map_err(|err| name_the_field(err, "models.vae"))?);
+        self.vaes.lock().insert(key, LoadedVae { vae: vae.clone(), last_used: stamp });
+        Ok(vae)
+    }
+
+    /// Drops the least recently used cached model or VAE other than `keep` (and refiners
+    /// sharing a dropped base's encoder); false if none was left.
     fn evict_least_recently_used(&self, keep: Option<&Arc<SdxlModel>>) -> bool {
         let mut models = self.models.lock();
-        let victim = models
+        let mut vaes = self.vaes.lock();
+        let model_victim = models
             .iter()
             .filter(|(_, entry)| keep.is_none_or(|keep| !Arc::ptr_eq(&entry.model, keep)))
             .min_by_key(|(_, entry)| entry.last_used)
-            .map(|(key, _)| key.clone());
-        match victim {
-            Some(key) => {
-                tracing::info!(model = key.name.as_str(), "evicting a cached model");
-                models.remove(&key);
+            .map(|(key, entry)| (key.clone(), entry.last_used));
+        let vae_victim = vaes.iter().min_by_key(|(_, entry)| entry.last_used).map(|(key, entry)| (key.clone(), entry.last_used));
+        match (model_victim, vae_victim) {
+            (Some((_, model_used)), Some((key, vae_used))) if vae_used < model_used => {
+                tracing::info!(vae = key.source.as_str(), "evicting a cached VAE");
+                vaes.remove(&key);
                 true
             }
-            None => false,
+            (None, Some((key, _))) => {
+                tracing::info!(vae = key.source.as_str(), "evicting a cached VAE");
+                vaes.remove(&key);
+                true
+            }
+            (Some((key, _)), _) => {
+                tracing::info!(model = key.name.as_str(), "evicting a cached model");
+                if let Some(evicted) = models.remove(&key) {
+                    // A refiner holding the evicted base's encoder would keep its memory alive unseen.
+                    let sharing: Vec<ModelKey> = models
+                        .iter()
+                        .filter(|(_, entry)| Arc::ptr_eq(&entry.model.text_encoder_2, &evicted.model.text_encoder_2))
+                        .filter(|(_, entry)| keep.is_none_or(|keep| !Arc::ptr_eq(&entry.model, keep)))
+                        .map(|(key, _)| key.clone())
+                        .collect();
+                    for key in sharing {
+                        models.remove(&key);
+                    }
+                }
+                true
+            }
+            (None, None) => false,
         }
     }
 
     /// Device bytes the cached models' weights hold.
     fn resident_weight_bytes(&self) -> u64 {
         // Fused LoRA copies stay resident until the adapter set changes: they count too.
-        self.models.lock().values().map(|entry| entry.model.device_weight_bytes + entry.model.adapters.fused_bytes(&self.device).0).sum()
+        let models: u64 = self.models.lock().values().map(|entry| entry.model.device_weight_bytes + entry.model.adapters.fused_bytes(&self.device).0).sum();
+        models + self.vaes.lock().values().map(|entry| entry.vae.device_weight_bytes).sum::<u64>()
     }
 
     /// What the engine may still allocate: the budget (`max_memory_gb`) less the cached
@@ -263,7 +353,7 @@ impl Engine {
 
     /// The resident model a name was loaded as (with no `config`), if it is loaded.
     pub fn resident_model(&self, name: &str) -> Option<Arc<SdxlModel>> {
-        self.models.lock().get(&ModelKey { name: name.to_string(), config_dir: None }).map(|entry| entry.model.clone())
+        self.models.lock().get(&ModelKey { name: name.to_string(), config_dir: None, role: ModelRole::Base }).map(|entry| entry.model.clone())
     }
 
     /// `{"base": ..., "vae": ..., "refiner": ..., "config": ...}` or `{"model_name": ...}`.
@@ -292,20 +382,17 @@ impl Engine {
             }
         };
         let name = text("base")?.or(text("model_name")?).ok_or_else(|| Error::validation("base", "Model name is required"))?;
-        // Features this build lacks answer UNSUPPORTED here too, as in a request (api::validate).
-        let mut unsupported = Vec::new();
-        if let Some(refiner) = text("refiner")? {
-            unsupported.push(FieldError::new("refiner", format!("the refiner ({refiner}) is not supported yet by this build")));
-        }
-        if let Some(vae) = text("vae")? {
-            unsupported.push(FieldError::new("vae", format!("a custom VAE ({vae}) is not supported yet by this build")));
-        }
-        if !unsupported.is_empty() {
-            return Err(Error::UnsupportedFeatures(unsupported));
-        }
+        let (refiner, vae) = (text("refiner")?, text("vae")?);
         let ticket = self.queue.ticket(request_id)?;
         ticket.wait_for_turn(Priority::Normal)?;
-        self.model(&name, text("config")?.as_deref(), self.config.cpu_offload)?;
+        let offload = self.config.cpu_offload;
+        let base = self.model(&name, text("config")?.as_deref(), offload, ModelRole::Base, None)?;
+        if let Some(refiner) = &refiner {
+            self.model(refiner, None, offload, ModelRole::Refiner, Some(&base))?;
+        }
+        if let Some(vae) = &vae {
+            self.vae_model(Some(vae), &name, &base, self.vae_dtype, offload)?;
+        }
         Ok(name)
     }
 
@@ -376,8 +463,16 @@ impl Engine {
         if cpu_offload && self.device.is_cpu() {
             warnings.push("precision.cpu_offload saves nothing on the CPU device (host and device memory are the same)".into());
         }
-        let model = self.model(&plan.base_model, None, cpu_offload)?;
-        self.admit(&model, &plan)?;
+        let model = self.model(&plan.base_model, None, cpu_offload, ModelRole::Base, None)?;
+        let refiner = match &plan.refiner {
+            Some(refiner) => Some(self.model(&refiner.model, None, cpu_offload, ModelRole::Refiner, Some(&model))?),
+            None => None,
+        };
+        let vae = self.request_vae(&plan, &model, cpu_offload)?;
+        let vae_config = vae.as_ref().map_or_else(|| model.vae.network().config(), |vae| vae.network.network().config()).clone();
+        let vae_dtype = vae.as_ref().map_or(model.vae_dtype, |vae| vae.dtype);
+        let tiling = self.vae_tiling(&plan, &vae_config, vae_dtype)?;
+        self.admit(&model, refiner.as_ref(), &plan, &vae_config, vae_dtype, tiling.as_ref())?;
         if model.description.starts_with("built-in") {
             warnings.push("used the built-in tiny demo model (random weights): images are noise-like patterns, not pictures".into());
         }
@@ -386,7 +481,13 @@ impl Engine {
         if lora_report.layers_patched + lora_report.layers_restored > 0 {
             tracing::info!(patched = lora_report.layers_patched, restored = lora_report.layers_restored, ms = lora_report.elapsed.as_millis() as u64, "LoRA adapters changed");
         }
-        let result = self.generate_with_model(&model, &plan, init_image.as_ref(), &loaded_loras, ticket.cancel_flag(), served, started, running_since);
+        let float32_vae = || self.vae_model(plan.vae.model.as_deref(), &plan.base_model, &model, DType::F32, cpu_offload);
+        let vae_choice = match &vae {
+            Some(vae) => VaeChoice { network: &vae.network, dtype: vae.dtype, tiling, float32: Some(&float32_vae) },
+            None => VaeChoice { network: &model.vae, dtype: model.vae_dtype, tiling, float32: Some(&float32_vae) },
+        };
+        let models = PipelineModels { base: &model, refiner: refiner.as_deref(), vae: vae_choice };
+        let result = self.generate_with_model(&models, &plan, init_image.as_ref(), &loaded_loras, ticket.cancel_flag(), served, started, running_since, warnings);
         // The failed request's tensors are dropped by now; its queued work and cached blocks are not.
         if let Err(Error::OutOfMemory(message)) = &result {
             let released = match memory::release_device_memory(&self.device) {
@@ -399,9 +500,44 @@ impl Engine {
         result
     }
 
+    /// The VAE a request asked for when it is not the base model's own as loaded: `models.vae`,
+    /// or the base's VAE in the `precision.vae_dtype` the request asked for. None: the base's.
+    fn request_vae(&self, plan: &GenerationPlan, model: &Arc<SdxlModel>, cpu_offload: bool) -> Result<Option<Arc<VaeModel>>> {
+        // The CPU computes in float32 whatever is asked (the engine's warning says so).
+        let dtype = match &plan.vae.dtype {
+            Some(name) if !self.device.is_cpu() => config::parse_dtype("precision.vae_dtype", name)?,
+            _ => self.vae_dtype,
+        };
+        match &plan.vae.model {
+            Some(name) => Ok(Some(self.vae_model(Some(name), &plan.base_model, model, dtype, cpu_offload)?)),
+            None if dtype != model.vae_dtype => Ok(Some(self.vae_model(None, &plan.base_model, model, dtype, cpu_offload)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the VAE tiles: as asked, or ("auto") when decoding the whole image at once
+    /// would not fit what the memory budget leaves.
+    fn vae_tiling(&self, plan: &GenerationPlan, vae: &crate::models::VaeConfig, dtype: DType) -> Result<Option<VaeTiling>> {
+        let tiling = VaeTiling { tile_size: plan.vae.tile_size.map_or(vae.sample_size, |size| size as usize), overlap: plan.vae.tile_overlap };
+        let wanted = match plan.vae.tiling {
+            TilingChoice::Off => false,
+            TilingChoice::On => true,
+            TilingChoice::Auto => {
+                let whole = memory::estimate_vae_bytes(vae, dtype, plan.height as u64, plan.width as u64);
+                self.available_bytes().is_some_and(|available| whole > available)
+            }
+        };
+        if !wanted {
+            return Ok(None);
+        }
+        tiling.check(vae.downscale_factor()).map_err(|message| Error::validation("precision.vae_tile_size", message))?;
+        Ok(Some(tiling))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn generate_with_model(
         &self,
-        model: &SdxlModel,
+        models: &PipelineModels,
         plan: &GenerationPlan,
         init_image: Option<&image::RgbImage>,
         loaded_loras: &[crate::lora::LoadedLora],
@@ -409,17 +545,20 @@ impl Engine {
         served: ServedMetadata,
         started: Instant,
         running_since: Instant,
+        warnings: &mut Vec<String>,
     ) -> Result<GenerationData> {
+        let model = models.base;
         let deadline_s = plan.timeout_s.or(self.config.timeout_s).unwrap_or(f64::INFINITY);
         let peak_memory_measure = memory::start_request_peak(&self.device);
         // The device pool keeps its own high-water mark; only the resident set needs sampling.
         let sampled_peak = (peak_memory_measure == memory::PEAK_OF_PROCESS_RESIDENT_SET).then_some(0);
         let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, cancelled, deadline_s, started: running_since, sampled_peak };
         let mut ctx = RunContext { device: &self.device, noise_kernel: self.noise_kernel, progress: &mut observer, started };
-        let batch = pipeline::generate(model, plan, init_image, &mut ctx, None).map_err(|err| match err {
+        let mut batch = pipeline::generate(models, plan, init_image, &mut ctx, None).map_err(|err| match err {
             Error::Cancelled if running_since.elapsed().as_secs_f64() > deadline_s => Error::Timeout(deadline_s),
             other => other,
         })?;
+        warnings.append(&mut batch.warnings);
 
         let save_start = Instant::now();
         let dir = self.config.output_dir.join(&plan.save_dir);
@@ -451,7 +590,7 @@ impl Engine {
         };
         let mut stage_times = batch.stage_times.clone();
         stage_times.save = save_start.elapsed().as_secs_f64();
-        let inference_time = stage_times.text_encode + stage_times.denoise + stage_times.decode;
+        let inference_time = stage_times.text_encode + stage_times.denoise + stage_times.refine + stage_times.decode;
         Ok(GenerationData {
             generated_images: generated,
             processing_metrics: ProcessingMetrics {
@@ -462,14 +601,26 @@ impl Engine {
                 model_info: json!({
                     "base_model": plan.base_model,
                     "description": model.description,
-                    "refiner_model": null,
+                    "refiner_model": plan.refiner.as_ref().map(|refiner| refiner.model.clone()),
+                    "refiner_description": models.refiner.map(|refiner| refiner.description.clone()),
+                    "refiner_mode": plan.refiner.as_ref().map(|refiner| match refiner.mode {
+                        api::validate::RefinerMode::Ensemble => "ensemble",
+                        api::validate::RefinerMode::Img2Img => "img2img",
+                    }),
+                    "refiner_steps": batch.refiner_steps_run,
+                    "vae": plan.vae.model,
+                    "vae_tiling": models.vae.tiling.map(|tiling| json!({"tile_size": tiling.tile_size, "overlap": tiling.overlap})),
                     "loaded_loras": loaded_loras,
                     "scheduler": plan.scheduler.class_name(),
                     "dtype": config::dtype_name(model.dtype),
-                    "vae_dtype": config::dtype_name(model.vae_dtype),
+                    "vae_dtype": config::dtype_name(models.vae.dtype),
                     "cpu_offload": model.cpu_offload,
                 }),
-                iterations_per_second: if stage_times.denoise > 0.0 { batch.steps_run as f64 / stage_times.denoise } else { 0.0 },
+                iterations_per_second: if stage_times.denoise + stage_times.refine > 0.0 {
+                    (batch.steps_run + batch.refiner_steps_run) as f64 / (stage_times.denoise + stage_times.refine)
+                } else {
+                    0.0
+                },
                 peak_memory_bytes,
                 peak_memory_measure: peak_memory_measure.to_string(),
                 unet_calls: batch.model_calls as u64,
@@ -528,16 +679,33 @@ impl Engine {
 
     /// Refuses a request whose estimated activations cannot fit in what the budget (or the
     /// free device memory) leaves, even after evicting every other cached model, least
-    /// recently used first.
-    fn admit(&self, model: &Arc<SdxlModel>, plan: &GenerationPlan) -> Result<()> {
-        let needed = memory::estimate_request_bytes(model, plan);
-        self.make_room(needed, Some(model)).map_err(|available| {
+    /// recently used first. The refiner runs after the base, so the larger of the two counts.
+    fn admit(
+        &self,
+        model: &Arc<SdxlModel>,
+        refiner: Option<&Arc<SdxlModel>>,
+        plan: &GenerationPlan,
+        vae: &crate::models::VaeConfig,
+        vae_dtype: DType,
+        tiling: Option<&VaeTiling>,
+    ) -> Result<()> {
+        let denoise = memory::estimate_denoise_bytes(model, plan).max(refiner.map_or(0, |refiner| memory::estimate_denoise_bytes(refiner, plan)));
+        let (height, width) = (plan.height as u64, plan.width as u64);
+        let decode = match tiling {
+            Some(tiling) => memory::estimate_tiled_vae_bytes(vae, vae_dtype, tiling.tile_size as u64, height, width),
+            None => memory::estimate_vae_bytes(vae, vae_dtype, height, width),
+        };
+        let needed = denoise.saturating_add(decode);
+        // The refiner must stay too: evicting it would only load it again.
+        let keep = refiner.unwrap_or(model);
+        self.make_room(needed, Some(keep)).map_err(|available| {
             Error::OutOfMemory(format!(
-                "this request needs about {} of activations ({}x{}, batch {}), more than the {available}; lower the size or batch",
+                "this request needs about {} of activations ({}x{}, batch {}), more than the {available}; lower the size or batch{}",
                 memory::gib(needed),
                 plan.width,
                 plan.height,
-                plan.batch_size
+                plan.batch_size,
+                if tiling.is_none() { ", or set precision.vae_tiling" } else { "" }
             ))
         })
     }
@@ -551,6 +719,7 @@ impl Engine {
                 let (fused_device, fused_host) = entry.model.adapters.fused_bytes(&self.device);
                 json!({
                     "name": key.name,
+                    "role": key.role.name(),
                     "config": key.config_dir,
                     "description": entry.model.description,
                     "dtype": config::dtype_name(entry.model.dtype),
@@ -572,12 +741,22 @@ impl Engine {
             "device_name": self.device_name(),
             "dtype": config::dtype_name(self.dtype),
             "loaded_models": models,
+            "loaded_vaes": self.vaes.lock().iter().map(|(key, entry)| json!({
+                "source": key.source,
+                "description": entry.vae.description,
+                "dtype": config::dtype_name(key.dtype),
+                "weight_bytes": entry.vae.weight_bytes,
+                "device_weight_bytes": entry.vae.device_weight_bytes,
+                "host_weight_bytes": entry.vae.host_weight_bytes,
+                "cpu_offload": key.cpu_offload,
+            })).collect::<Vec<_>>(),
             "cached_loras": self.loras.paths(),
             "memory": {
                 "device_total_bytes": device_memory.map(|(_, total)| total),
                 "device_free_bytes": device_memory.map(|(free, _)| free),
                 "weights_on_device_bytes": self.resident_weight_bytes(),
-                "weights_on_host_bytes": self.models.lock().values().map(|entry| entry.model.host_weight_bytes).sum::<u64>(),
+                "weights_on_host_bytes": self.models.lock().values().map(|entry| entry.model.host_weight_bytes).sum::<u64>()
+                    + self.vaes.lock().values().map(|entry| entry.vae.host_weight_bytes).sum::<u64>(),
                 "budget_bytes": self.config.max_memory_gb.map(memory::gib_to_bytes),
             },
             "requests_served": self.requests_served.load(Ordering::Relaxed),
@@ -586,6 +765,15 @@ impl Engine {
             "last_error": *self.last_error.lock(),
             "message_handlers": ["inference_request", "model_load_request", "status_request"],
         })
+    }
+}
+
+/// Says which request field a model-loading failure concerns (the base, the refiner, the VAE).
+fn name_the_field(err: Error, field: &str) -> Error {
+    match err {
+        Error::ModelLoad(text) => Error::ModelLoad(format!("{field}: {text}")),
+        Error::ModelNotFound(text) => Error::ModelNotFound(format!("{field}: {text}")),
+        other => other,
     }
 }
 

@@ -1,6 +1,6 @@
 //! What a request names must exist before the engine loads, evicts or encodes anything for it:
-//! a base model that is not cached must resolve to a file or folder, and every LoRA name to a
-//! file. Each failure names its field, and nothing cached is touched.
+//! a base model (and refiner) that is not cached must resolve to a file or folder, a custom
+//! VAE likewise, and every LoRA name to a file. Each failure names its field, and nothing cached is touched.
 
 use std::path::Path;
 
@@ -13,20 +13,31 @@ pub fn check_names_resolve(plan: &GenerationPlan, models_dir: Option<&Path>, cac
     if !cached(&plan.base_model) {
         crate::loader::resolve_model(&plan.base_model, models_dir)?;
     }
-    let missing: Vec<FieldError> = plan
+    let named = |field: &str, err: Error| {
+        let detail = match err {
+            Error::ModelNotFound(text) | Error::Io(text) | Error::ModelLoad(text) => text,
+            other => other.to_string(),
+        };
+        FieldError::new(field, detail)
+    };
+    let mut missing = Vec::new();
+    if let Some(refiner) = plan.refiner.as_ref().filter(|refiner| !cached(&refiner.model)) {
+        if let Err(err) = crate::loader::resolve_model(&refiner.model, models_dir) {
+            missing.push(named("models.refiner", err));
+        }
+    }
+    if let Some(vae) = &plan.vae.model {
+        if let Err(err) = crate::loader::vae::resolve_vae(vae, models_dir) {
+            missing.push(named("models.vae", err));
+        }
+    }
+    missing.extend(plan
         .loras
         .iter()
         .enumerate()
         .filter_map(|(index, lora)| {
-            crate::lora::resolve_lora_path(&lora.name, models_dir).err().map(|err| {
-                let detail = match err {
-                    Error::ModelNotFound(text) | Error::Io(text) | Error::ModelLoad(text) => text,
-                    other => other.to_string(),
-                };
-                FieldError::new(format!("lora.models[{index}].name"), detail)
-            })
-        })
-        .collect();
+            crate::lora::resolve_lora_path(&lora.name, models_dir).err().map(|err| named(&format!("lora.models[{index}].name"), err))
+        }));
     if missing.is_empty() {
         Ok(())
     } else {

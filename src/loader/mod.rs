@@ -6,6 +6,7 @@ pub mod builtin;
 pub mod lora;
 pub mod safetensors_file;
 pub mod single_file;
+pub mod vae;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -93,17 +94,44 @@ fn refuse_pickle_checkpoint(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What a model folder or checkpoint holds: SDXL's base, or its refiner (OpenCLIP encoder
+/// only, aesthetic-score conditioning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelRole {
+    Base,
+    Refiner,
+}
+
+impl ModelRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelRole::Base => "base",
+            ModelRole::Refiner => "refiner",
+        }
+    }
+}
+
 /// Everything a txt2img/img2img run needs, loaded once and reused across requests.
 pub struct SdxlModel {
+    pub role: ModelRole,
     pub unet: UNet2DConditionModel,
-    pub text_encoder: Placement<ClipTextTransformer>,
-    pub text_encoder_2: Placement<ClipTextTransformer>,
+    /// CLIP ViT-L; the refiner has none.
+    pub text_encoder: Option<Placement<ClipTextTransformer>>,
+    /// OpenCLIP bigG; shared between a base and its refiner when their weights are the same.
+    pub text_encoder_2: Arc<Placement<ClipTextTransformer>>,
     pub vae: Placement<AutoencoderKL>,
-    pub tokenizer: ClipTokenizer,
+    pub tokenizer: Option<ClipTokenizer>,
     pub tokenizer_2: ClipTokenizer,
     pub scheduler_config: SchedulerConfig,
     /// diffusers' pipeline option: an empty negative prompt becomes zero embeddings.
     pub force_zeros_for_empty_prompt: bool,
+    /// The refiner's time ids end with an aesthetic score instead of the target size.
+    pub requires_aesthetics_score: bool,
+    /// Where the weights came from, so a VAE in another dtype can be loaded from the same place.
+    pub location: ModelLocation,
+    pub config_dir: Option<PathBuf>,
+    /// The second encoder's stored weights, to recognise a refiner that shares them.
+    text_encoder_2_weights: EncoderWeights,
     pub dtype: DType,
     pub vae_dtype: DType,
     pub description: String,
@@ -118,6 +146,11 @@ pub struct SdxlModel {
 }
 
 pub struct LoadOptions<'a> {
+    /// What the caller needs: a base named as the refiner (or the reverse) is refused before
+    /// any weight is read.
+    pub role: ModelRole,
+    /// A loaded base whose OpenCLIP encoder a refiner reuses when the weights are the same.
+    pub share_text_encoder_2_with: Option<&'a SdxlModel>,
     pub device: &'a Device,
     pub dtype: DType,
     pub vae_dtype: DType,
@@ -146,7 +179,8 @@ pub fn estimate_device_weight_bytes(location: &ModelLocation, options: &LoadOpti
         ModelLocation::DiffusersFolder(dir) => {
             let mut total = 0;
             for (component, stem, size) in [("unet", "diffusion_pytorch_model", dtype), ("text_encoder", "model", dtype), ("text_encoder_2", "model", dtype), ("vae", "diffusion_pytorch_model", vae_dtype)] {
-                if offloaded(component) {
+                // A refiner folder has no first text encoder.
+                if offloaded(component) || (component == "text_encoder" && !dir.join(component).is_dir()) {
                     continue;
                 }
                 for file in component_files(dir, component, stem)? {
@@ -172,6 +206,13 @@ pub fn estimate_device_weight_bytes(location: &ModelLocation, options: &LoadOpti
     }
 }
 
+/// About how many parameters a VAE of this config has, from SDXL's VAE (83.7 M at widths
+/// 128/256/512/512), scaled by the squared widths: enough to make room before loading one.
+pub fn vae_parameter_count(config: &VaeConfig) -> u64 {
+    let squares = |widths: &[usize]| widths.iter().map(|&w| (w * w) as u64).sum::<u64>().max(1);
+    83_653_863u64.saturating_mul(squares(&config.block_out_channels)) / squares(&[128, 256, 512, 512])
+}
+
 pub fn load_model(location: &ModelLocation, options: &LoadOptions) -> Result<SdxlModel> {
     match location {
         ModelLocation::Builtin => load_builtin(options),
@@ -183,11 +224,28 @@ pub fn load_model(location: &ModelLocation, options: &LoadOptions) -> Result<Sdx
 
 struct Configs {
     unet: UNetConfig,
-    text_encoder: ClipTextConfig,
+    /// None for the refiner.
+    text_encoder: Option<ClipTextConfig>,
     text_encoder_2: ClipTextConfig,
     vae: VaeConfig,
     scheduler: SchedulerConfig,
     force_zeros: bool,
+    requires_aesthetics_score: bool,
+}
+
+impl Configs {
+    fn role(&self) -> ModelRole {
+        if self.text_encoder.is_some() { ModelRole::Base } else { ModelRole::Refiner }
+    }
+
+    /// Refuses a base given as the refiner and the reverse, naming what the files hold.
+    fn check_role(&self, expected: ModelRole, origin: &str) -> Result<()> {
+        match (self.role(), expected) {
+            (found, wanted) if found == wanted => Ok(()),
+            (ModelRole::Refiner, _) => Err(Error::ModelLoad(format!("{origin} is an SDXL refiner (no CLIP ViT-L text encoder); name it in models.refiner, not as the base model"))),
+            (ModelRole::Base, _) => Err(Error::ModelLoad(format!("{origin} is an SDXL base model, not a refiner (it has two text encoders and no aesthetic-score conditioning)"))),
+        }
+    }
 }
 
 fn read_configs(dir: &Path) -> Result<Configs> {
@@ -195,7 +253,7 @@ fn read_configs(dir: &Path) -> Result<Configs> {
         let path = dir.join(component).join(file);
         std::fs::read_to_string(&path).map_err(|e| Error::ModelLoad(format!("{}: {e}", path.display())))
     };
-    let force_zeros = match std::fs::read_to_string(dir.join("model_index.json")) {
+    let (force_zeros, requires_aesthetics_score) = match std::fs::read_to_string(dir.join("model_index.json")) {
         Ok(text) => {
             let index: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::ModelLoad(format!("model_index.json: {e}")))?;
@@ -204,21 +262,29 @@ fn read_configs(dir: &Path) -> Result<Configs> {
                     return Err(Error::ModelLoad(format!("{} holds a {class}, not an SDXL pipeline", dir.display())));
                 }
             }
-            index["force_zeros_for_empty_prompt"].as_bool().unwrap_or(true)
+            // diffusers' pipeline defaults when the index does not say.
+            (index["force_zeros_for_empty_prompt"].as_bool().unwrap_or(true), index["requires_aesthetics_score"].as_bool().unwrap_or(false))
         }
-        Err(_) => true,
+        Err(_) => (true, false),
     };
     let scheduler = match read("scheduler", "scheduler_config.json") {
         Ok(text) => SchedulerConfig::from_json(&text)?,
         Err(_) => SchedulerConfig::default(),
     };
+    // The refiner's folder has no text_encoder/ (its model_index lists it as null).
+    let text_encoder = if dir.join("text_encoder").is_dir() {
+        Some(ClipTextConfig::from_json(&read("text_encoder", "config.json")?, "text_encoder")?)
+    } else {
+        None
+    };
     Ok(Configs {
         unet: UNetConfig::from_json(&read("unet", "config.json")?)?,
-        text_encoder: ClipTextConfig::from_json(&read("text_encoder", "config.json")?, "text_encoder")?,
+        text_encoder,
         text_encoder_2: ClipTextConfig::from_json(&read("text_encoder_2", "config.json")?, "text_encoder_2")?,
         vae: VaeConfig::from_json(&read("vae", "config.json")?)?,
         scheduler,
         force_zeros,
+        requires_aesthetics_score,
     })
 }
 
@@ -260,8 +326,8 @@ fn total_bytes(files: &[Arc<SafetensorsFile>]) -> u64 {
 
 struct Networks {
     unet: UNet2DConditionModel,
-    text_encoder: Placement<ClipTextTransformer>,
-    text_encoder_2: Placement<ClipTextTransformer>,
+    text_encoder: Option<Placement<ClipTextTransformer>>,
+    text_encoder_2: Arc<Placement<ClipTextTransformer>>,
     vae: Placement<AutoencoderKL>,
     adapters: crate::lora::ModelAdapters,
     device_weight_bytes: u64,
@@ -299,15 +365,26 @@ impl NetworkSource {
     }
 }
 
-fn build_networks(configs: &Configs, sources: [NetworkSource; 4], options: &LoadOptions) -> Result<Networks> {
+/// The weights of each network: the first encoder's only for a base, the second encoder's
+/// either to build or already built (shared with the base a refiner belongs to).
+struct Sources {
+    unet: NetworkSource,
+    text_encoder: Option<NetworkSource>,
+    text_encoder_2: SecondEncoder,
+    vae: NetworkSource,
+}
+
+enum SecondEncoder {
+    Build(NetworkSource),
+    Shared(Arc<Placement<ClipTextTransformer>>),
+}
+
+fn build_networks(configs: &Configs, sources: Sources, options: &LoadOptions) -> Result<Networks> {
     // Inconsistent configs are refused before any weight is read.
     check_conditioning_dims(configs)?;
     let (device_bytes, host_bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let offloadable_bytes = if options.cpu_offload { &host_bytes } else { &device_bytes };
-    let [unet_source, te_source, te2_source, vae_source] = sources;
-    let unet_source = unet_source.counted(&device_bytes);
-    let (te_source, te2_source, vae_source) =
-        (te_source.counted(offloadable_bytes), te2_source.counted(offloadable_bytes), vae_source.counted(offloadable_bytes));
+    let unet_source = sources.unet.counted(&device_bytes);
     // The UNet's and encoders' linear/conv layers register by name so LoRAs can patch them.
     let unet_root = unet_source.root;
     let unet_vb = unet_source.var_builder(options.device);
@@ -317,11 +394,30 @@ fn build_networks(configs: &Configs, sources: [NetworkSource; 4], options: &Load
         let config = config.clone();
         Box::new(move |vb| ClipTextTransformer::new(vb, &config, with_projection))
     };
-    let (te, te_layers) = te_source.place(options, text_encoder(&configs.text_encoder, false)).map_err(|e| model_load_error(e, "text_encoder"))?;
-    let (te2, te2_layers) =
-        te2_source.place(options, text_encoder(&configs.text_encoder_2, true)).map_err(|e| model_load_error(e, "text_encoder_2"))?;
+    let (te, te_layers) = match (sources.text_encoder, &configs.text_encoder) {
+        (Some(source), Some(config)) => {
+            let (te, layers) = source.counted(offloadable_bytes).place(options, text_encoder(config, false)).map_err(|e| model_load_error(e, "text_encoder"))?;
+            (Some(te), layers)
+        }
+        _ => (None, LayerRegistry::default()),
+    };
+    let (te2, te2_layers) = match sources.text_encoder_2 {
+        SecondEncoder::Build(source) => {
+            let (te2, layers) = source
+                .counted(offloadable_bytes)
+                .place(options, text_encoder(&configs.text_encoder_2, true))
+                .map_err(|e| model_load_error(e, "text_encoder_2"))?;
+            (Arc::new(te2), layers)
+        }
+        // The base owns the shared encoder's LoRA layers; the refiner patches none.
+        SecondEncoder::Shared(te2) => (te2, LayerRegistry::default()),
+    };
     let vae_config = configs.vae.clone();
-    let (vae, _) = vae_source.place(options, Box::new(move |vb| AutoencoderKL::new(vb, &vae_config))).map_err(|e| model_load_error(e, "vae"))?;
+    let (vae, _) = sources
+        .vae
+        .counted(offloadable_bytes)
+        .place(options, Box::new(move |vb| AutoencoderKL::new(vb, &vae_config)))
+        .map_err(|e| model_load_error(e, "vae"))?;
     let adapters = crate::lora::ModelAdapters::new(unet_layers, te_layers, te2_layers, &configs.unet);
     Ok(Networks {
         unet,
@@ -334,37 +430,113 @@ fn build_networks(configs: &Configs, sources: [NetworkSource; 4], options: &Load
     })
 }
 
-/// The UNet's cross-attention and add_embedding widths must match the encoders'.
+/// The UNet's cross-attention and add_embedding widths must match the encoders', and its
+/// VAE's latent channels the UNet's.
 fn check_conditioning_dims(configs: &Configs) -> Result<()> {
-    let context = configs.text_encoder.hidden_size + configs.text_encoder_2.hidden_size;
+    let first_width = configs.text_encoder.as_ref().map_or(0, |te| te.hidden_size);
+    let context = first_width + configs.text_encoder_2.hidden_size;
     if configs.unet.cross_attention_dim != context {
         return Err(Error::ModelLoad(format!(
-            "UNet cross_attention_dim {} ≠ text encoders' {} + {}",
-            configs.unet.cross_attention_dim, configs.text_encoder.hidden_size, configs.text_encoder_2.hidden_size
+            "UNet cross_attention_dim {} ≠ text encoders' {}",
+            configs.unet.cross_attention_dim,
+            if configs.text_encoder.is_some() { format!("{first_width} + {}", configs.text_encoder_2.hidden_size) } else { configs.text_encoder_2.hidden_size.to_string() }
         )));
     }
-    let text_time = configs.text_encoder_2.projection_dim + 6 * configs.unet.addition_time_embed_dim();
+    // Original size, crop and target size (base) or aesthetic score (refiner): two values each but the score.
+    let time_ids = if configs.requires_aesthetics_score { 5 } else { 6 };
+    let text_time = configs.text_encoder_2.projection_dim + time_ids * configs.unet.addition_time_embed_dim();
     if configs.unet.projection_class_embeddings_input_dim != Some(text_time) {
         return Err(Error::ModelLoad(format!(
-            "UNet projection_class_embeddings_input_dim {:?} ≠ pooled {} + 6 × {}",
+            "UNet projection_class_embeddings_input_dim {:?} ≠ pooled {} + {time_ids} time ids × {}{}",
             configs.unet.projection_class_embeddings_input_dim,
             configs.text_encoder_2.projection_dim,
-            configs.unet.addition_time_embed_dim()
+            configs.unet.addition_time_embed_dim(),
+            if configs.requires_aesthetics_score { " (requires_aesthetics_score)" } else { "" }
         )));
+    }
+    check_latent_channels(&configs.vae, &configs.unet)
+}
+
+/// A VAE fits a UNet when its latents are what the UNet denoises.
+pub fn check_latent_channels(vae: &VaeConfig, unet: &UNetConfig) -> Result<()> {
+    if vae.latent_channels != unet.in_channels {
+        return Err(Error::ModelLoad(format!("the VAE's latent_channels {} ≠ the UNet's in_channels {}", vae.latent_channels, unet.in_channels)));
     }
     Ok(())
 }
 
-fn assemble(
+/// Where a model's second encoder is stored, to tell whether a refiner's is the same.
+#[derive(Clone)]
+struct EncoderWeights {
+    files: Vec<Arc<SafetensorsFile>>,
+    /// The key prefix in front of the encoder's names (a checkpoint's embedder prefix).
+    prefix: String,
+    fingerprint: Arc<std::sync::OnceLock<Option<u64>>>,
+}
+
+impl EncoderWeights {
+    fn new(files: Vec<Arc<SafetensorsFile>>, prefix: &str) -> Self {
+        Self { files, prefix: prefix.to_string(), fingerprint: Arc::default() }
+    }
+
+    fn none() -> Self {
+        Self::new(Vec::new(), "")
+    }
+
+    /// A hash of every stored tensor (name after the prefix, dtype, shape, bytes); None for
+    /// generated weights. Computed once, the first time a refiner asks (about a second for
+    /// bigG's 1.4 GB).
+    fn fingerprint(&self) -> Option<u64> {
+        *self.fingerprint.get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            if self.files.is_empty() {
+                return None;
+            }
+            let mut names: Vec<(&str, &SafetensorsFile)> = self
+                .files
+                .iter()
+                .flat_map(|file| file.names().filter_map(|name| name.strip_prefix(self.prefix.as_str())).map(move |name| (name, &**file)))
+                .collect();
+            names.sort_by(|a, b| a.0.cmp(b.0));
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for (name, file) in names {
+                let (dtype, shape, bytes) = file.raw(&format!("{}{name}", self.prefix))?;
+                // transformers 4 and 5 name CLIPTextModel's weights with and without `text_model.`.
+                name.strip_prefix("text_model.").unwrap_or(name).hash(&mut hasher);
+                (dtype, shape).hash(&mut hasher);
+                hasher.write(bytes);
+            }
+            Some(hasher.finish())
+        })
+    }
+}
+
+/// The base's OpenCLIP encoder when a refiner's stored encoder weights are the same (same
+/// files, or the same tensors byte for byte) and placed the same way.
+fn shared_text_encoder_2(options: &LoadOptions, refiner_weights: &EncoderWeights) -> Option<Arc<Placement<ClipTextTransformer>>> {
+    let base = options.share_text_encoder_2_with?;
+    if base.cpu_offload != options.cpu_offload || base.dtype != options.dtype {
+        return None;
+    }
+    let same = base.text_encoder_2_weights.fingerprint().is_some() && base.text_encoder_2_weights.fingerprint() == refiner_weights.fingerprint();
+    same.then(|| base.text_encoder_2.clone())
+}
+
+struct Assembly {
     configs: Configs,
     networks: Networks,
-    tokenizers: (ClipTokenizer, ClipTokenizer),
-    options: &LoadOptions,
+    tokenizers: (Option<ClipTokenizer>, ClipTokenizer),
     description: String,
     weight_bytes: u64,
-) -> SdxlModel {
+    location: ModelLocation,
+    text_encoder_2_weights: EncoderWeights,
+}
+
+fn assemble(parts: Assembly, options: &LoadOptions) -> SdxlModel {
+    let Assembly { configs, networks, tokenizers, description, weight_bytes, location, text_encoder_2_weights } = parts;
     let Networks { unet, text_encoder, text_encoder_2, vae, adapters, device_weight_bytes, host_weight_bytes } = networks;
     SdxlModel {
+        role: configs.role(),
         unet,
         text_encoder,
         text_encoder_2,
@@ -373,6 +545,10 @@ fn assemble(
         tokenizer_2: tokenizers.1,
         scheduler_config: configs.scheduler,
         force_zeros_for_empty_prompt: configs.force_zeros,
+        requires_aesthetics_score: configs.requires_aesthetics_score,
+        location,
+        config_dir: options.config_dir.map(Path::to_path_buf),
+        text_encoder_2_weights,
         dtype: options.dtype,
         vae_dtype: options.vae_dtype,
         description,
@@ -384,8 +560,24 @@ fn assemble(
     }
 }
 
-fn embedded_tokenizers() -> Result<(ClipTokenizer, ClipTokenizer)> {
-    Ok((ClipTokenizer::embedded("<|endoftext|>")?, ClipTokenizer::embedded("!")?))
+fn embedded_tokenizers(role: ModelRole) -> Result<(Option<ClipTokenizer>, ClipTokenizer)> {
+    let first = match role {
+        ModelRole::Base => Some(ClipTokenizer::embedded("<|endoftext|>")?),
+        ModelRole::Refiner => None,
+    };
+    Ok((first, ClipTokenizer::embedded("!")?))
+}
+
+/// The folder's tokenizers when it has them (a refiner folder has only `tokenizer_2/`),
+/// else the embedded ones.
+fn folder_tokenizers(dir: Option<&Path>, role: ModelRole) -> Result<(Option<ClipTokenizer>, ClipTokenizer)> {
+    let Some(dir) = dir else { return embedded_tokenizers(role) };
+    let first_wanted = role == ModelRole::Base;
+    if !dir.join("tokenizer_2").is_dir() || (first_wanted && !dir.join("tokenizer").is_dir()) {
+        return embedded_tokenizers(role);
+    }
+    let first = if first_wanted { Some(ClipTokenizer::from_folder(&dir.join("tokenizer"), "<|endoftext|>")?) } else { None };
+    Ok((first, ClipTokenizer::from_folder(&dir.join("tokenizer_2"), "!")?))
 }
 
 /// transformers ≥ 5 saves `CLIPTextModel` without the `text_model.` prefix that SDXL's
@@ -399,66 +591,108 @@ fn text_encoder_weights(files: Vec<Arc<SafetensorsFile>>, label: &str) -> Weight
     WeightSet::new(files, map, label)
 }
 
+/// The second encoder: the base's when the weights are the same, else built from `weights`.
+fn second_encoder(options: &LoadOptions, stored: &EncoderWeights, weights: impl FnOnce() -> Box<dyn SimpleBackend>) -> SecondEncoder {
+    match options.role {
+        ModelRole::Refiner => match shared_text_encoder_2(options, stored) {
+            Some(shared) => SecondEncoder::Shared(shared),
+            None => SecondEncoder::Build(NetworkSource::new(weights(), "", options.dtype)),
+        },
+        ModelRole::Base => SecondEncoder::Build(NetworkSource::new(weights(), "", options.dtype)),
+    }
+}
+
 pub fn load_diffusers_folder(dir: &Path, options: &LoadOptions) -> Result<SdxlModel> {
     let configs = read_configs(dir)?;
+    configs.check_role(options.role, &dir.display().to_string())?;
     let unet_files = component_files(dir, "unet", "diffusion_pytorch_model")?;
-    let te_files = component_files(dir, "text_encoder", "model")?;
+    let te_files = match configs.role() {
+        ModelRole::Base => component_files(dir, "text_encoder", "model")?,
+        ModelRole::Refiner => Vec::new(),
+    };
     let te2_files = component_files(dir, "text_encoder_2", "model")?;
     let vae_files = component_files(dir, "vae", "diffusion_pytorch_model")?;
     let bytes = total_bytes(&unet_files) + total_bytes(&te_files) + total_bytes(&te2_files) + total_bytes(&vae_files);
     let (dtype, vae_dtype) = (options.dtype, options.vae_dtype);
-    let sources = [
-        NetworkSource::new(Arc::new(WeightSet::with_prefix(unet_files, "", "unet")).into_backend(), "", dtype),
-        NetworkSource::new(Arc::new(text_encoder_weights(te_files, "text_encoder")).into_backend(), "", dtype),
-        NetworkSource::new(Arc::new(text_encoder_weights(te2_files, "text_encoder_2")).into_backend(), "", dtype),
-        NetworkSource::new(Arc::new(WeightSet::with_prefix(vae_files, "", "vae")).into_backend(), "", vae_dtype),
-    ];
-    let networks = build_networks(&configs, sources, options)?;
-    let tokenizers = match (dir.join("tokenizer").is_dir(), dir.join("tokenizer_2").is_dir()) {
-        (true, true) => (
-            ClipTokenizer::from_folder(&dir.join("tokenizer"), "<|endoftext|>")?,
-            ClipTokenizer::from_folder(&dir.join("tokenizer_2"), "!")?,
-        ),
-        _ => embedded_tokenizers()?,
+    let te2_stored = EncoderWeights::new(te2_files.clone(), "");
+    let sources = Sources {
+        unet: NetworkSource::new(Arc::new(WeightSet::with_prefix(unet_files, "", "unet")).into_backend(), "", dtype),
+        text_encoder: (!te_files.is_empty()).then(|| NetworkSource::new(Arc::new(text_encoder_weights(te_files, "text_encoder")).into_backend(), "", dtype)),
+        text_encoder_2: second_encoder(options, &te2_stored, || Arc::new(text_encoder_weights(te2_files, "text_encoder_2")).into_backend()),
+        vae: NetworkSource::new(Arc::new(WeightSet::with_prefix(vae_files, "", "vae")).into_backend(), "", vae_dtype),
     };
-    Ok(assemble(configs, networks, tokenizers, options, format!("diffusers folder {}", dir.display()), bytes))
+    let networks = build_networks(&configs, sources, options)?;
+    let tokenizers = folder_tokenizers(Some(dir), configs.role())?;
+    let parts = Assembly {
+        configs,
+        networks,
+        tokenizers,
+        description: format!("diffusers folder {}", dir.display()),
+        weight_bytes: bytes,
+        location: ModelLocation::DiffusersFolder(dir.to_path_buf()),
+        text_encoder_2_weights: te2_stored,
+    };
+    Ok(assemble(parts, options))
+}
+
+/// The configs a single-file checkpoint of `kind` is read with when no config folder is given.
+fn published_configs(kind: single_file::CheckpointKind) -> Configs {
+    let refiner = kind == single_file::CheckpointKind::SdxlRefiner;
+    Configs {
+        unet: if refiner { UNetConfig::sdxl_refiner() } else { UNetConfig::sdxl_base() },
+        text_encoder: (!refiner).then(ClipTextConfig::vit_l),
+        text_encoder_2: ClipTextConfig::big_g(),
+        vae: VaeConfig::sdxl(),
+        scheduler: SchedulerConfig::default(),
+        // stabilityai/stable-diffusion-xl-refiner-1.0's model_index.json says false / true.
+        force_zeros: !refiner,
+        requires_aesthetics_score: refiner,
+    }
 }
 
 pub fn load_single_file(path: &Path, options: &LoadOptions) -> Result<SdxlModel> {
+    use single_file::CheckpointKind;
     refuse_pickle_checkpoint(path)?;
     let file = Arc::new(SafetensorsFile::open(path)?);
-    single_file::require_sdxl_base(file.names(), &path.display().to_string())?;
+    let origin = path.display().to_string();
+    let kind = single_file::detect_kind(file.names());
+    match (kind, options.role) {
+        (CheckpointKind::SdxlRefiner, ModelRole::Refiner) => {}
+        (CheckpointKind::SdxlBase, ModelRole::Refiner) => {
+            return Err(Error::ModelLoad(format!("{origin} is an SDXL base checkpoint, not a refiner (it has two text encoders)")));
+        }
+        _ => single_file::require_sdxl_base(file.names(), &origin)?,
+    }
     let configs = match options.config_dir {
         Some(dir) => read_configs(dir)?,
-        None => Configs {
-            unet: UNetConfig::sdxl_base(),
-            text_encoder: ClipTextConfig::vit_l(),
-            text_encoder_2: ClipTextConfig::big_g(),
-            vae: VaeConfig::sdxl(),
-            scheduler: SchedulerConfig::default(),
-            force_zeros: true,
-        },
+        None => published_configs(kind),
     };
+    configs.check_role(options.role, &origin)?;
     let layout = single_file::UNetLayout::of(&configs.unet);
     let files = vec![file.clone()];
     let (dtype, vae_dtype) = (options.dtype, options.vae_dtype);
     let weights = |map, label: &str| Arc::new(WeightSet::new(files.clone(), map, label)).into_backend();
-    let sources = [
-        NetworkSource::new(weights(single_file::unet_map(layout), "unet"), "", dtype),
-        NetworkSource::new(weights(single_file::text_encoder_map(), "text_encoder"), "", dtype),
-        NetworkSource::new(weights(single_file::text_encoder_2_map(), "text_encoder_2"), "", dtype),
-        NetworkSource::new(weights(single_file::vae_map(configs.vae.block_out_channels.len()), "vae"), "", vae_dtype),
-    ];
-    let networks = build_networks(&configs, sources, options)?;
-    let tokenizers = match options.config_dir {
-        Some(dir) if dir.join("tokenizer").is_dir() && dir.join("tokenizer_2").is_dir() => (
-            ClipTokenizer::from_folder(&dir.join("tokenizer"), "<|endoftext|>")?,
-            ClipTokenizer::from_folder(&dir.join("tokenizer_2"), "!")?,
-        ),
-        _ => embedded_tokenizers()?,
+    let te2_prefix = if kind == CheckpointKind::SdxlRefiner { single_file::REFINER_TEXT_ENCODER_2_PREFIX } else { single_file::TEXT_ENCODER_2_PREFIX };
+    let te2_stored = EncoderWeights::new(files.clone(), te2_prefix);
+    let sources = Sources {
+        unet: NetworkSource::new(weights(single_file::unet_map(layout), "unet"), "", dtype),
+        text_encoder: configs.text_encoder.is_some().then(|| NetworkSource::new(weights(single_file::text_encoder_map(), "text_encoder"), "", dtype)),
+        text_encoder_2: second_encoder(options, &te2_stored, || weights(single_file::text_encoder_2_map(te2_prefix), "text_encoder_2")),
+        vae: NetworkSource::new(weights(single_file::vae_map(single_file::VAE_PREFIX, configs.vae.block_out_channels.len()), "vae"), "", vae_dtype),
     };
-    let bytes = file.data_len() as u64;
-    Ok(assemble(configs, networks, tokenizers, options, format!("single-file checkpoint {}", path.display()), bytes))
+    let networks = build_networks(&configs, sources, options)?;
+    let tokenizers = folder_tokenizers(options.config_dir, configs.role())?;
+    let kind_name = if kind == CheckpointKind::SdxlRefiner { "single-file refiner checkpoint" } else { "single-file checkpoint" };
+    let parts = Assembly {
+        configs,
+        networks,
+        tokenizers,
+        description: format!("{kind_name} {origin}"),
+        weight_bytes: file.data_len() as u64,
+        location: ModelLocation::SingleFile(path.to_path_buf()),
+        text_encoder_2_weights: te2_stored,
+    };
+    Ok(assemble(parts, options))
 }
 
 /// Both built-in models: configs from presets, weights from a generator instead of files.
@@ -467,38 +701,51 @@ fn load_generated(
     weights: fn() -> Box<dyn SimpleBackend>,
     options: &LoadOptions,
     description: &str,
+    location: ModelLocation,
 ) -> Result<SdxlModel> {
-    let sources = [
-        NetworkSource::new(weights(), "unet", options.dtype),
-        NetworkSource::new(weights(), "text_encoder", options.dtype),
-        NetworkSource::new(weights(), "text_encoder_2", options.dtype),
-        NetworkSource::new(weights(), "vae", options.vae_dtype),
-    ];
+    configs.check_role(options.role, description)?;
+    let sources = Sources {
+        unet: NetworkSource::new(weights(), "unet", options.dtype),
+        text_encoder: Some(NetworkSource::new(weights(), "text_encoder", options.dtype)),
+        text_encoder_2: SecondEncoder::Build(NetworkSource::new(weights(), "text_encoder_2", options.dtype)),
+        vae: NetworkSource::new(weights(), "vae", options.vae_dtype),
+    };
     let networks = build_networks(&configs, sources, options)?;
-    Ok(assemble(configs, networks, embedded_tokenizers()?, options, description.into(), 0))
+    let parts = Assembly {
+        configs,
+        networks,
+        tokenizers: embedded_tokenizers(ModelRole::Base)?,
+        description: description.into(),
+        weight_bytes: 0,
+        location,
+        text_encoder_2_weights: EncoderWeights::none(),
+    };
+    Ok(assemble(parts, options))
 }
 
-pub fn load_builtin(options: &LoadOptions) -> Result<SdxlModel> {
-    let configs = Configs {
+fn builtin_configs() -> Configs {
+    Configs {
         unet: UNetConfig::tiny(),
-        text_encoder: ClipTextConfig::tiny_first(),
+        text_encoder: Some(ClipTextConfig::tiny_first()),
         text_encoder_2: ClipTextConfig::tiny_second(),
         vae: VaeConfig::tiny(),
         scheduler: SchedulerConfig::default(),
         force_zeros: true,
-    };
-    load_generated(configs, builtin::builtin_weights, options, "built-in tiny demo model (random weights)")
+        requires_aesthetics_score: false,
+    }
+}
+
+pub fn load_builtin(options: &LoadOptions) -> Result<SdxlModel> {
+    load_generated(builtin_configs(), builtin::builtin_weights, options, "built-in tiny demo model (random weights)", ModelLocation::Builtin)
 }
 
 /// Full-size SDXL base with random weights drawn on the device (benchmarks, no files).
 pub fn load_sdxl_random(options: &LoadOptions) -> Result<SdxlModel> {
-    let configs = Configs {
-        unet: UNetConfig::sdxl_base(),
-        text_encoder: ClipTextConfig::vit_l(),
-        text_encoder_2: ClipTextConfig::big_g(),
-        vae: VaeConfig::sdxl(),
-        scheduler: SchedulerConfig::default(),
-        force_zeros: true,
-    };
-    load_generated(configs, builtin::device_random_weights, options, "built-in full-size SDXL with random weights (benchmarks)")
+    load_generated(
+        published_configs(single_file::CheckpointKind::SdxlBase),
+        builtin::device_random_weights,
+        options,
+        "built-in full-size SDXL with random weights (benchmarks)",
+        ModelLocation::BuiltinSdxlRandom,
+    )
 }

@@ -97,6 +97,14 @@ impl SafetensorsFile {
         view.load(device).map_err(|e| Error::ModelLoad(format!("{}: tensor {name}: {e}", self.origin)))
     }
 
+    /// A tensor's stored bytes with its dtype and shape, as they lie in the file.
+    pub fn raw(&self, name: &str) -> Option<(String, &[usize], &[u8])> {
+        let info = self.tensors.get(name)?;
+        let (start, end) = info.data_offsets;
+        let data = self.bytes.as_ref().as_ref().get(self.data_start + start..self.data_start + end)?;
+        Some((format!("{:?}", info.dtype), info.shape.as_slice(), data))
+    }
+
     /// Total bytes of tensor data.
     pub fn data_len(&self) -> usize {
         self.bytes.as_ref().as_ref().len().saturating_sub(self.data_start)

@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const TEXT_ENCODER_PREFIX: &str = "conditioner.embedders.0.transformer.";
 pub const TEXT_ENCODER_2_PREFIX: &str = "conditioner.embedders.1.model.";
+/// The refiner has only the OpenCLIP encoder, as its first embedder.
+pub const REFINER_TEXT_ENCODER_2_PREFIX: &str = "conditioner.embedders.0.model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 
 /// What a checkpoint's keys say it is.
@@ -31,7 +33,7 @@ pub fn detect_kind<'a>(keys: impl Iterator<Item = &'a String>) -> CheckpointKind
         label_emb |= key.starts_with("model.diffusion_model.label_emb.");
         te1 |= key.starts_with(TEXT_ENCODER_PREFIX);
         te2 |= key.starts_with(TEXT_ENCODER_2_PREFIX);
-        refiner_te |= key.starts_with("conditioner.embedders.0.model.");
+        refiner_te |= key.starts_with(REFINER_TEXT_ENCODER_2_PREFIX);
         sd1_te |= key.starts_with("cond_stage_model.transformer.");
         sd2_te |= key.starts_with("cond_stage_model.model.");
     }
@@ -47,7 +49,7 @@ pub fn detect_kind<'a>(keys: impl Iterator<Item = &'a String>) -> CheckpointKind
 pub fn require_sdxl_base<'a>(keys: impl Iterator<Item = &'a String>, origin: &str) -> Result<()> {
     match detect_kind(keys) {
         CheckpointKind::SdxlBase => Ok(()),
-        CheckpointKind::SdxlRefiner => Err(Error::Unsupported(format!("{origin} is an SDXL refiner checkpoint; load it as the refiner, not the base model (refiner support is not in this build)"))),
+        CheckpointKind::SdxlRefiner => Err(Error::ModelLoad(format!("{origin} is an SDXL refiner checkpoint; name it in models.refiner, not as the base model"))),
         CheckpointKind::StableDiffusion1 => Err(Error::ModelLoad(format!("{origin} is a Stable Diffusion 1.x checkpoint, not SDXL"))),
         CheckpointKind::StableDiffusion2 => Err(Error::ModelLoad(format!("{origin} is a Stable Diffusion 2.x checkpoint, not SDXL"))),
         CheckpointKind::Unknown => Err(Error::ModelLoad(format!("{origin} is not an SDXL checkpoint (no model.diffusion_model.label_emb / conditioner.embedders keys)"))),
@@ -150,10 +152,11 @@ pub fn text_encoder_map() -> KeyMap {
     Arc::new(|name: &str| Some(Source::Key(format!("{TEXT_ENCODER_PREFIX}{name}"))))
 }
 
-/// HF CLIP names → OpenCLIP names of SDXL's second encoder.
-pub fn text_encoder_2_map() -> KeyMap {
-    Arc::new(|name: &str| {
-        let p = TEXT_ENCODER_2_PREFIX;
+/// HF CLIP names → OpenCLIP names of SDXL's second encoder, stored under `prefix`
+/// ([`TEXT_ENCODER_2_PREFIX`] in a base checkpoint, [`REFINER_TEXT_ENCODER_2_PREFIX`] in a refiner).
+pub fn text_encoder_2_map(prefix: &'static str) -> KeyMap {
+    Arc::new(move |name: &str| {
+        let p = prefix;
         if name == "text_projection.weight" {
             return Some(Source::Transposed(format!("{p}text_projection")));
         }
@@ -192,9 +195,10 @@ pub fn text_encoder_2_map() -> KeyMap {
     })
 }
 
-/// diffusers VAE names → LDM names; `levels` is the number of resolution levels (4 for SDXL).
-pub fn vae_map(levels: usize) -> KeyMap {
-    Arc::new(move |name: &str| vae_key(name, levels).map(|key| Source::Key(format!("{VAE_PREFIX}{key}"))))
+/// diffusers VAE names → LDM names under `prefix` ([`VAE_PREFIX`] inside a checkpoint, none in
+/// a VAE file such as `sdxl_vae.safetensors`); `levels` is the number of resolution levels (4 for SDXL).
+pub fn vae_map(prefix: &'static str, levels: usize) -> KeyMap {
+    Arc::new(move |name: &str| vae_key(name, levels).map(|key| Source::Key(format!("{prefix}{key}"))))
 }
 
 fn vae_key(name: &str, levels: usize) -> Option<String> {
@@ -265,11 +269,11 @@ mod tests {
 
     #[test]
     fn vae_and_open_clip_names() {
-        let vae = vae_map(4);
+        let vae = vae_map(VAE_PREFIX, 4);
         assert_eq!(vae("decoder.up_blocks.0.resnets.2.conv_shortcut.weight"), Some(Source::Key("first_stage_model.decoder.up.3.block.2.nin_shortcut.weight".into())));
         assert_eq!(vae("encoder.mid_block.attentions.0.to_out.0.weight"), Some(Source::Key("first_stage_model.encoder.mid.attn_1.proj_out.weight".into())));
         assert_eq!(vae("encoder.mid_block.resnets.1.norm1.bias"), Some(Source::Key("first_stage_model.encoder.mid.block_2.norm1.bias".into())));
-        let te2 = text_encoder_2_map();
+        let te2 = text_encoder_2_map(TEXT_ENCODER_2_PREFIX);
         assert_eq!(
             te2("text_model.encoder.layers.3.self_attn.k_proj.bias"),
             Some(Source::Chunk { key: "conditioner.embedders.1.model.transformer.resblocks.3.attn.in_proj_bias".into(), part: 1, parts: 3 })

@@ -24,6 +24,8 @@ pub struct VaeConfig {
     pub scaling_factor: f64,
     pub force_upcast: bool,
     pub mid_block_add_attention: bool,
+    /// The image size the VAE was trained on: diffusers' default tile size for tiling.
+    pub sample_size: usize,
 }
 
 impl Default for VaeConfig {
@@ -44,6 +46,7 @@ impl VaeConfig {
             scaling_factor: 0.13025,
             force_upcast: true,
             mid_block_add_attention: true,
+            sample_size: 1024,
         }
     }
 
@@ -278,14 +281,25 @@ impl AutoencoderKL {
 
     /// Image in [-1, 1], (batch, 3, H, W) → latent distribution (unscaled).
     pub fn encode(&self, image: &Tensor) -> Result<LatentDistribution> {
-        let moments = self.quant_conv.forward(&self.encoder.forward(image)?)?;
-        let halves = moments.chunk(2, 1)?;
-        let logvar = halves[1].clamp(-30f32, 20f32)?;
-        Ok(LatentDistribution { mean: halves[0].clone(), std: (logvar * 0.5)?.exp()? })
+        LatentDistribution::from_moments(&self.encode_moments(image)?)
+    }
+
+    /// The encoder's output: mean and log-variance stacked on the channel axis.
+    pub(crate) fn encode_moments(&self, image: &Tensor) -> Result<Tensor> {
+        Ok(self.quant_conv.forward(&self.encoder.forward(image)?)?)
     }
 
     /// Unscaled latents → image in [-1, 1] (not clamped).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         self.decoder.forward(&self.post_quant_conv.forward(latents)?)
+    }
+}
+
+impl LatentDistribution {
+    /// diffusers' `DiagonalGaussianDistribution`: log-variance clamped to [-30, 20].
+    pub(crate) fn from_moments(moments: &Tensor) -> Result<Self> {
+        let halves = moments.chunk(2, 1)?;
+        let logvar = halves[1].clamp(-30f32, 20f32)?;
+        Ok(LatentDistribution { mean: halves[0].clone(), std: (logvar * 0.5)?.exp()? })
     }
 }

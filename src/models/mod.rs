@@ -10,7 +10,9 @@ pub mod resnet;
 pub mod transformer_2d;
 pub mod unet_2d_condition;
 pub mod unet_blocks;
+pub mod vae_tiling;
 
 pub use autoencoder_kl::{AutoencoderKL, VaeConfig};
 pub use clip_text::{ClipTextConfig, ClipTextTransformer};
 pub use unet_2d_condition::{UNet2DConditionModel, UNetConditioning, UNetConfig};
+pub use vae_tiling::VaeTiling;

@@ -91,6 +91,22 @@ impl UNetConfig {
         }
     }
 
+    /// stabilityai/stable-diffusion-xl-refiner-1.0's `unet/config.json`: four levels,
+    /// cross-attention over the OpenCLIP encoder only, five time ids (the aesthetic score
+    /// replaces the target size).
+    pub fn sdxl_refiner() -> Self {
+        Self {
+            block_out_channels: vec![384, 768, 1536, 1536],
+            down_block_types: vec!["DownBlock2D".into(), "CrossAttnDownBlock2D".into(), "CrossAttnDownBlock2D".into(), "DownBlock2D".into()],
+            up_block_types: vec!["UpBlock2D".into(), "CrossAttnUpBlock2D".into(), "CrossAttnUpBlock2D".into(), "UpBlock2D".into()],
+            attention_head_dim: PerBlock::Each(vec![6, 12, 24, 24]),
+            transformer_layers_per_block: PerBlock::One(4),
+            cross_attention_dim: 1280,
+            projection_class_embeddings_input_dim: Some(2560),
+            ..Self::sdxl_base()
+        }
+    }
+
     /// The built-in demo model and the test fixtures: SDXL's structure, tiny widths.
     pub fn tiny() -> Self {
         Self {

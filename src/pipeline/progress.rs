@@ -8,6 +8,8 @@ pub enum Stage {
     Decode = 2,
     Upscale = 3,
     Save = 4,
+    /// The refiner's denoising steps, counted from 0 to its own step count.
+    Refine = 5,
 }
 
 impl Stage {
@@ -18,6 +20,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Upscale => "upscale",
             Stage::Save => "save",
+            Stage::Refine => "refine",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Prompts → what the UNet is conditioned on (diffusers `StableDiffusionXLPipeline.encode_prompt`):
-//! both encoders' penultimate hidden states concatenated on the channel axis, and the
-//! second encoder's pooled embedding. Long prompts become several 77-token windows
+//! both encoders' penultimate hidden states concatenated on the channel axis (the refiner has
+//! only the second encoder, and uses its states alone), and the second encoder's pooled
+//! embedding. Long prompts become several 77-token windows
 //! concatenated on the token axis; emphasis weights scale token states, mean-preserving.
 
 use candle_core::{DType, Device, Tensor};
@@ -18,15 +19,23 @@ pub struct PromptEmbeddings {
     pub pooled: Tensor,
 }
 
-/// A prompt tokenized for both encoders (same tokens, different padding).
+/// A prompt tokenized for both encoders (same tokens, different padding); the first is
+/// absent for the refiner.
 struct TokenizedPrompt {
-    windows_1: Vec<TokenWindow>,
+    windows_1: Option<Vec<TokenWindow>>,
     windows_2: Vec<TokenWindow>,
+}
+
+impl TokenizedPrompt {
+    /// Windows the prompt takes (the first tokenizer's count, as the two are encoded in pairs).
+    fn windows(&self) -> usize {
+        self.windows_1.as_ref().map_or(self.windows_2.len(), Vec::len)
+    }
 }
 
 fn tokenize(model: &SdxlModel, prompt: &str, truncation: PromptTruncation) -> Result<TokenizedPrompt> {
     Ok(TokenizedPrompt {
-        windows_1: model.tokenizer.windows(prompt, truncation)?,
+        windows_1: model.tokenizer.as_ref().map(|tokenizer| tokenizer.windows(prompt, truncation)).transpose()?,
         windows_2: model.tokenizer_2.windows(prompt, truncation)?,
     })
 }
@@ -35,28 +44,40 @@ fn tokenize(model: &SdxlModel, prompt: &str, truncation: PromptTruncation) -> Re
 /// rest are empty-prompt windows, so positive and negative line up for CFG).
 fn encode_windows(
     model: &SdxlModel,
-    encoders: (&ClipTextTransformer, &ClipTextTransformer),
+    encoders: (Option<&ClipTextTransformer>, &ClipTextTransformer),
     mut prompt: TokenizedPrompt,
     windows: usize,
     truncation: PromptTruncation,
     device: &Device,
 ) -> Result<PromptEmbeddings> {
-    if prompt.windows_1.len() < windows {
+    if prompt.windows() < windows {
         let empty = tokenize(model, "", truncation)?;
-        while prompt.windows_1.len() < windows {
-            prompt.windows_1.extend(empty.windows_1.iter().cloned());
+        while prompt.windows() < windows {
+            if let (Some(padded), Some(empty)) = (prompt.windows_1.as_mut(), empty.windows_1.as_ref()) {
+                padded.extend(empty.iter().cloned());
+            }
             prompt.windows_2.extend(empty.windows_2.iter().cloned());
         }
     }
     let mut states = Vec::new();
     let mut pooled = None;
-    for (window_1, window_2) in prompt.windows_1.iter().zip(&prompt.windows_2) {
-        let ids_1 = Tensor::new(window_1.ids.as_slice(), device)?.unsqueeze(0)?;
+    for (index, window_2) in prompt.windows_2.iter().enumerate().take(prompt.windows()) {
         let ids_2 = Tensor::new(window_2.ids.as_slice(), device)?.unsqueeze(0)?;
-        let out_1 = encoders.0.forward(&ids_1)?;
         let out_2 = encoders.1.forward(&ids_2)?;
-        let joined = Tensor::cat(&[&out_1.penultimate_hidden_states, &out_2.penultimate_hidden_states], 2)?;
-        states.push(apply_emphasis(&joined, window_1)?);
+        let first = match (encoders.0, prompt.windows_1.as_ref().and_then(|w| w.get(index))) {
+            (Some(encoder), Some(window_1)) => {
+                let ids_1 = Tensor::new(window_1.ids.as_slice(), device)?.unsqueeze(0)?;
+                Some((encoder.forward(&ids_1)?.penultimate_hidden_states, window_1))
+            }
+            _ => None,
+        };
+        // The emphasis weights are the first tokenizer's when there is one (the two agree
+        // except where tokenizer_2 splits a `!` off).
+        let joined = match &first {
+            Some((states_1, window_1)) => apply_emphasis(&Tensor::cat(&[states_1, &out_2.penultimate_hidden_states], 2)?, window_1)?,
+            None => apply_emphasis(&out_2.penultimate_hidden_states, window_2)?,
+        };
+        states.push(joined);
         if pooled.is_none() {
             // As A1111 and sd.cpp: the pooled embedding comes from the first window.
             pooled = out_2.pooled;
@@ -104,17 +125,18 @@ pub fn encode_conditioning(
     // Every window is a text-encoder pass and 77 more keys in every cross-attention of every
     // step: a prompt of a megabyte would run for minutes without a step to cancel at.
     for (field, tokens) in [("prompt", Some(&positive_tokens)), ("negative_prompt", negative_tokens.as_ref())] {
-        if let Some(count) = tokens.map(|t| t.windows_1.len()).filter(|&count| count > max_windows) {
+        if let Some(count) = tokens.map(TokenizedPrompt::windows).filter(|&count| count > max_windows) {
             return Err(crate::error::Error::validation(
                 field,
                 format!("{count} windows of 75 tokens is more than limits.max_prompt_windows ({max_windows}); shorten it or raise the limit"),
             ));
         }
     }
-    let windows = positive_tokens.windows_1.len().max(negative_tokens.as_ref().map_or(0, |n| n.windows_1.len()));
+    let windows = positive_tokens.windows().max(negative_tokens.as_ref().map_or(0, TokenizedPrompt::windows));
     // Offloaded encoders come onto the device here and leave it when this function returns.
-    let (text_encoder, text_encoder_2) = (model.text_encoder.on_device()?, model.text_encoder_2.on_device()?);
-    let encoders = (&*text_encoder, &*text_encoder_2);
+    let text_encoder = model.text_encoder.as_ref().map(|encoder| encoder.on_device()).transpose()?;
+    let text_encoder_2 = model.text_encoder_2.on_device()?;
+    let encoders = (text_encoder.as_deref(), &*text_encoder_2);
     let positive = encode_windows(model, encoders, positive_tokens, windows, truncation, device)?;
     let negative = match negative_tokens {
         Some(tokens) => Some(encode_windows(model, encoders, tokens, windows, truncation, device)?),
