@@ -43,7 +43,7 @@ fn bench_adapter(c: &mut Criterion, label: &str, adapters: &ModelAdapters, adapt
 }
 
 fn tiny(c: &mut Criterion) {
-    let options = LoadOptions { device: &Device::Cpu, dtype: DType::F32, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
+    let options = LoadOptions { role: sdxl::loader::ModelRole::Base, share_text_encoder_2_with: None, device: &Device::Cpu, dtype: DType::F32, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
     let model = loader::load_diffusers_folder(&fixtures().join("tiny-sdxl"), &options).expect("tiny model");
     let path = fixtures().join("lora/tiny_lora_kohya.safetensors");
     c.bench_function("lora_read_and_match_tiny_kohya_file", |b| {

@@ -17,7 +17,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn tiny_model() -> loader::SdxlModel {
-    let options = LoadOptions { device: &Device::Cpu, dtype: DType::F32, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
+    let options = LoadOptions { role: sdxl::loader::ModelRole::Base, share_text_encoder_2_with: None, device: &Device::Cpu, dtype: DType::F32, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
     loader::load_diffusers_folder(&fixtures().join("tiny-sdxl"), &options).expect("tiny model")
 }
 

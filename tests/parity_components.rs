@@ -69,7 +69,7 @@ fn text_encoders_match_transformers() {
     let model = tiny_folder_model();
     let ids_1 = tensor(&refs, "input_ids_1").to_dtype(DType::U32).unwrap();
     let ids_2 = tensor(&refs, "input_ids_2").to_dtype(DType::U32).unwrap();
-    let out_1 = model.text_encoder.on_device().unwrap().forward(&ids_1).unwrap();
+    let out_1 = model.text_encoder.as_ref().unwrap().on_device().unwrap().forward(&ids_1).unwrap();
     let out_2 = model.text_encoder_2.on_device().unwrap().forward(&ids_2).unwrap();
     assert_close("te1 penultimate", &out_1.penultimate_hidden_states, tensor(&refs, "te1_penultimate"), 1e-4);
     assert_close("te2 penultimate", &out_2.penultimate_hidden_states, tensor(&refs, "te2_penultimate"), 1e-4);
@@ -112,7 +112,7 @@ fn long_prompts_use_75_token_windows_and_the_negative_is_padded_to_match() {
     use sdxl::pipeline::text_conditioning::encode_conditioning;
     let model = tiny_folder_model();
     let long_prompt = vec!["a red cube on a blue table"; 20].join(", ");
-    let windows = model.tokenizer.windows(&long_prompt, PromptTruncation::Chunked).unwrap().len();
+    let windows = model.tokenizer.as_ref().unwrap().windows(&long_prompt, PromptTruncation::Chunked).unwrap().len();
     assert!(windows >= 2, "{windows} windows");
     let chunked = encode_conditioning(&model, &long_prompt, Some("blurry"), true, PromptTruncation::Chunked, 16, &Device::Cpu).unwrap();
     assert_eq!(chunked.positive.hidden_states.dims(), &[1, 77 * windows, 20]);

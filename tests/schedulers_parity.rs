@@ -411,7 +411,7 @@ fn generate_small(model: &sdxl::loader::SdxlModel, e2e: &serde_json::Value, clas
         progress: &mut progress,
         started: std::time::Instant::now(),
     };
-    let batch = generate(model, &plan, None, &mut ctx, Some(&mut intermediates)).expect("generation runs");
+    let batch = generate(&sdxl::pipeline::PipelineModels::base_only(model), &plan, None, &mut ctx, Some(&mut intermediates)).expect("generation runs");
     (common::image_tensor(&batch.images), intermediates.final_latents.expect("final latents recorded"))
 }
 

@@ -396,8 +396,17 @@ pub fn generate(
         let decoded = decoder.decode(&latent, i, &mut warnings)?;
         images.push(crate::image::tensor_to_rgb(&decoded)?);
     }
+    drop(decoder);
     stage_times.decode = decode_start.elapsed().as_secs_f64();
     Ok(GeneratedBatch { images, seeds, stage_times, model_calls, steps_run, refiner_steps_run, warnings })
+}
+
+/// Decodes unscaled latents (batch, channels, h, w) one image at a time as a request does:
+/// tiled when the choice says so, redone in float32 when half precision overflows. Returns
+/// float32 images in [-1, 1] (not clamped).
+pub fn decode_latents(vae: &VaeChoice, latents: &Tensor, warnings: &mut Vec<String>) -> Result<Vec<Tensor>> {
+    let mut decoder = Decoder::new(vae)?;
+    (0..latents.dim(0)?).map(|i| Ok(decoder.decode(&latents.narrow(0, i, 1)?, i, warnings)?.to_dtype(DType::F32)?)).collect()
 }
 
 /// A half-precision pass gave NaN or infinity somewhere (it overflowed).

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use sdxl::api::{parse_request, plan_request, Limits};
-use sdxl::loader::{self, LoadOptions, SdxlModel};
-use sdxl::pipeline::{generate, Intermediates, NoProgress, RunContext};
+use sdxl::loader::{self, LoadOptions, ModelRole, SdxlModel};
+use sdxl::pipeline::{generate, GeneratedBatch, Intermediates, NoProgress, PipelineModels, RunContext};
 use sdxl::rng::NormalKernel;
 use serde_json::{json, Value};
 
@@ -31,7 +31,7 @@ pub fn tensor<'a>(refs: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
 
 pub fn cpu_options() -> LoadOptions<'static> {
     static CPU: Device = Device::Cpu;
-    LoadOptions { device: &CPU, dtype: DType::F32, vae_dtype: DType::F32, config_dir: None, cpu_offload: false }
+    LoadOptions { role: ModelRole::Base, share_text_encoder_2_with: None, device: &CPU, dtype: DType::F32, vae_dtype: DType::F32, config_dir: None, cpu_offload: false }
 }
 
 pub fn tiny_folder_model() -> SdxlModel {
@@ -98,13 +98,19 @@ pub fn run_case(model: &SdxlModel, case: &Value, device: &Device) -> (Vec<image:
         request["init_image"] = json!(fixtures().join("reference").join(file).display().to_string());
         image::open(fixtures().join("reference").join(file)).unwrap().to_rgb8()
     });
+    let (batch, intermediates) = run_request(&PipelineModels::base_only(model), request, init_image.as_ref(), device);
+    (batch.images, intermediates)
+}
+
+/// Plans `request` as the engine does and runs it on `models`, recording the intermediates.
+pub fn run_request(models: &PipelineModels, request: Value, init_image: Option<&image::RgbImage>, device: &Device) -> (GeneratedBatch, Intermediates) {
     let parsed = parse_request(request).expect("reference case is a valid request");
-    let plan = plan_request(&parsed, "parity".into(), &Limits::default(), || unreachable!()).expect("valid plan");
+    let plan = plan_request(&parsed, "parity".into(), &Limits { min_size: 64, ..Limits::default() }, || unreachable!()).expect("valid plan");
     let mut intermediates = Intermediates::default();
     let mut progress = NoProgress;
     let mut ctx = RunContext { device, noise_kernel: NormalKernel::Vectorized, progress: &mut progress, started: Instant::now() };
-    let batch = generate(model, &plan, init_image.as_ref(), &mut ctx, Some(&mut intermediates)).expect("generation runs");
-    (batch.images, intermediates)
+    let batch = generate(models, &plan, init_image, &mut ctx, Some(&mut intermediates)).expect("generation runs");
+    (batch, intermediates)
 }
 
 pub fn image_tensor(images: &[image::RgbImage]) -> Tensor {

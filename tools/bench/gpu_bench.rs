@@ -26,7 +26,7 @@ use serde_json::json;
 
 fn parity(device: &Device) -> sdxl::Result<()> {
     for (dtype, vae_dtype) in [(DType::F32, DType::F32), (DType::F16, DType::F32), (DType::BF16, DType::F32)] {
-        let options = LoadOptions { device, dtype, vae_dtype, config_dir: None, cpu_offload: false };
+        let options = LoadOptions { role: sdxl::loader::ModelRole::Base, share_text_encoder_2_with: None, device, dtype, vae_dtype, config_dir: None, cpu_offload: false };
         let model = loader::load_diffusers_folder(&common::fixtures().join("tiny-sdxl"), &options)?;
         for case in common::cases() {
             let name = case["name"].as_str().unwrap_or("?").to_string();
@@ -47,7 +47,7 @@ fn seconds_since(start: Instant, device: &Device) -> sdxl::Result<f64> {
 
 fn bench(device: &Device, steps: u32) -> sdxl::Result<()> {
     let load_start = Instant::now();
-    let options = LoadOptions { device, dtype: DType::F16, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
+    let options = LoadOptions { role: sdxl::loader::ModelRole::Base, share_text_encoder_2_with: None, device, dtype: DType::F16, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
     let model = loader::load_sdxl_random(&options)?;
     println!("{}", json!({"kind": "load_random_weights_s", "value": seconds_since(load_start, device)?}));
 
@@ -100,7 +100,7 @@ fn bench(device: &Device, steps: u32) -> sdxl::Result<()> {
         let mut progress = NoProgress;
         let start = Instant::now();
         let mut ctx = RunContext { device, noise_kernel: NormalKernel::Vectorized, progress: &mut progress, started: start };
-        let batch = generate(&model, &plan, None, &mut ctx, None)?;
+        let batch = generate(&sdxl::pipeline::PipelineModels::base_only(&model), &plan, None, &mut ctx, None)?;
         println!("{}", json!({"kind": label, "steps": steps, "value": seconds_since(start, device)?, "stages": batch.stage_times}));
     }
     Ok(())
@@ -113,7 +113,7 @@ fn compare(device: &Device, dir: &std::path::Path) -> sdxl::Result<()> {
     let get = |k: &str| refs.get(k).cloned().ok_or_else(|| sdxl::Error::Internal(format!("reference lacks {k}")));
     for (dtype, key) in [(DType::F32, "noise_pred_f32"), (DType::F16, "noise_pred_f16")] {
         let start = Instant::now();
-        let model = loader::load_diffusers_folder(dir, &LoadOptions { device, dtype, vae_dtype: DType::F32, config_dir: None, cpu_offload: false })?;
+        let model = loader::load_diffusers_folder(dir, &LoadOptions { role: sdxl::loader::ModelRole::Base, share_text_encoder_2_with: None, device, dtype, vae_dtype: DType::F32, config_dir: None, cpu_offload: false })?;
         let load_s = seconds_since(start, device)?;
         let (context, pooled, ids) = (get("encoder_hidden_states")?.to_dtype(dtype)?, get("text_embeds")?.to_dtype(dtype)?, get("time_ids")?);
         let cond = UNetConditioning { encoder_hidden_states: &context, text_embeds: &pooled, time_ids: &ids };
@@ -128,7 +128,7 @@ fn compare(device: &Device, dir: &std::path::Path) -> sdxl::Result<()> {
             let plan = plan_request(&parse_request(request)?, "compare".into(), &Limits::default(), || 0)?;
             let mut progress = NoProgress;
             let mut ctx = RunContext { device, noise_kernel: NormalKernel::Vectorized, progress: &mut progress, started: Instant::now() };
-            let batch = generate(&model, &plan, None, &mut ctx, None)?;
+            let batch = generate(&sdxl::pipeline::PipelineModels::base_only(&model), &plan, None, &mut ctx, None)?;
             let (max_diff, differing) = common::max_pixel_diff(&common::image_tensor(&batch.images), &get("image_f32")?.to_device(&Device::Cpu)?);
             println!("{}", json!({"kind": "full_size_4_step_512_parity_f32", "uint8_max_diff": max_diff, "differing_values": differing, "of": 512 * 512 * 3}));
         }
@@ -344,7 +344,7 @@ fn kernels(device: &Device) -> sdxl::Result<()> {
 /// launch the step: if it is close to the step time, the step is launch-bound), and the time by
 /// kind of op.
 fn profile(device: &Device) -> sdxl::Result<()> {
-    let options = LoadOptions { device, dtype: DType::F16, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
+    let options = LoadOptions { role: sdxl::loader::ModelRole::Base, share_text_encoder_2_with: None, device, dtype: DType::F16, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
     let model = loader::load_sdxl_random(&options)?;
     let latents = Tensor::randn(0f32, 1.0, (2, 4, 128, 128), device)?.to_dtype(DType::F16)?;
     let context = Tensor::randn(0f32, 1.0, (2, 77, 2048), device)?.to_dtype(DType::F16)?;
