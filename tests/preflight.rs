@@ -79,14 +79,25 @@ fn prompts_beyond_the_window_limit_are_refused_quickly_at_their_field() {
 }
 
 #[test]
-fn a_model_load_naming_a_refiner_or_vae_is_unsupported_like_a_request() {
+fn a_model_load_names_its_refiner_and_vae_and_loads_them() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(dir.path(), 2);
+    let engine = engine(dir.path(), 3);
+    // Names that resolve to nothing are refused at their field before anything loads.
     for (data, field) in [(json!({"base": "builtin:tiny", "refiner": "sd_xl_refiner_1.0"}), "refiner"), (json!({"base": "builtin:tiny", "vae": "sdxl-vae-fp16-fix"}), "vae")] {
         let message = json!({"message_type": "model_load_request", "data": data});
         let response: Value = serde_json::from_str(&engine.handle_json(&message.to_string())).unwrap();
-        assert_eq!(response["error_code"], "UNSUPPORTED", "{response}");
+        assert_eq!(response["error_code"], "VALIDATION_ERROR", "{response}");
         assert_eq!(response["field_errors"][0]["field"], field, "{response}");
     }
     assert!(loaded(&engine).is_empty());
+    // The tiny refiner fits the built-in tiny base (the same OpenCLIP widths); both load ahead.
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let data = json!({"base": "builtin:tiny", "refiner": fixtures.join("tiny-sdxl-refiner"), "vae": fixtures.join("tiny-vae-fp16-fix")});
+    let response: Value = serde_json::from_str(&engine.handle_json(&json!({"message_type": "model_load_request", "data": data}).to_string())).unwrap();
+    assert_eq!(response["success"], true, "{response}");
+    let status = engine.status();
+    let roles: Vec<&str> = status["loaded_models"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles.len(), 2, "{status}");
+    assert!(roles.contains(&"base") && roles.contains(&"refiner"), "{status}");
+    assert_eq!(status["loaded_vaes"].as_array().unwrap().len(), 1, "{status}");
 }

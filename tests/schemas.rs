@@ -359,8 +359,6 @@ fn features_a_build_may_lack_are_in_the_schema_and_refused_by_field() {
     let cases = [
         ("controlnet", json!({"prompt": "a cat", "models": {"base": "m"}, "controlnet": {"enabled": true, "type": "canny", "conditioning_scale": 1.0, "control_image": "edges.png", "preprocessor": {"enabled": true, "resolution": 512}}})),
         ("output.upscale", json!({"prompt": "a cat", "models": {"base": "m"}, "output": {"upscale": {"enabled": true, "factor": 2, "method": "realesrgan"}}})),
-        ("models.refiner", json!({"prompt": "a cat", "models": {"base": "m", "refiner": "sd_xl_refiner_1.0"}})),
-        ("models.vae", json!({"prompt": "a cat", "models": {"base": "m", "vae": "sdxl-vae-fp16-fix"}})),
         ("controlnet[1]", json!({"prompt": "a cat", "models": {"base": "m"}, "controlnet": [{"enabled": false, "type": "depth"}, {"enabled": true, "type": "canny", "guidance_end": 0.5}]})),
     ];
     assert!(validator.is_valid(&base));

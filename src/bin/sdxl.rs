@@ -92,6 +92,30 @@ struct GenerateArgs {
     /// Give up after this many seconds of running (queue wait excluded); default: no limit.
     #[arg(long)]
     timeout: Option<f64>,
+    /// An SDXL refiner (folder or single file) that finishes the base's image.
+    #[arg(long)]
+    refiner: Option<String>,
+    /// ensemble (the refiner runs the last part of the schedule) or img2img (it refines the finished latents).
+    #[arg(long, requires = "refiner")]
+    refiner_mode: Option<String>,
+    /// Ensemble: the fraction of the schedule the base runs (default 0.8).
+    #[arg(long, requires = "refiner")]
+    refiner_start: Option<f64>,
+    /// img2img: how far the refiner re-noises the base's latents (default 0.3).
+    #[arg(long, requires = "refiner")]
+    refiner_strength: Option<f64>,
+    /// A custom VAE: folder, diffusers-layout or original-layout .safetensors (e.g. sdxl-vae-fp16-fix).
+    #[arg(long)]
+    vae: Option<String>,
+    /// float32, float16 or bfloat16 for the VAE of this request (half precision falls back to float32 on overflow).
+    #[arg(long)]
+    vae_dtype: Option<String>,
+    /// true, false or auto (tile when the whole decode would not fit the memory budget).
+    #[arg(long)]
+    vae_tiling: Option<String>,
+    /// VAE tile size in pixels (default: the VAE's sample_size, 1024 for SDXL).
+    #[arg(long)]
+    vae_tile_size: Option<u32>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -199,6 +223,36 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode, String> {
     }
     if let Some(timeout) = args.timeout {
         request["metadata"] = json!({"timeout": timeout});
+    }
+    if let Some(refiner) = &args.refiner {
+        request["models"]["refiner"] = json!(refiner);
+        let mut options = json!({});
+        for (key, value) in [("mode", args.refiner_mode.clone().map(Value::from)), ("denoising_start", args.refiner_start.map(Value::from)), ("strength", args.refiner_strength.map(Value::from))] {
+            if let Some(value) = value {
+                options[key] = value;
+            }
+        }
+        request["refiner"] = options;
+    }
+    if let Some(vae) = &args.vae {
+        request["models"]["vae"] = json!(vae);
+    }
+    let mut precision = json!({});
+    if let Some(dtype) = &args.vae_dtype {
+        precision["vae_dtype"] = json!(dtype);
+    }
+    if let Some(tiling) = &args.vae_tiling {
+        precision["vae_tiling"] = match tiling.as_str() {
+            "true" => json!(true),
+            "false" => json!(false),
+            other => json!(other),
+        };
+    }
+    if let Some(size) = args.vae_tile_size {
+        precision["vae_tile_size"] = json!(size);
+    }
+    if precision.as_object().is_some_and(|p| !p.is_empty()) {
+        request["precision"] = precision;
     }
     if builtin && args.steps.is_none() {
         request["hyperparameters"]["num_inference_steps"] = json!(10);

@@ -383,6 +383,18 @@ impl Engine {
         };
         let name = text("base")?.or(text("model_name")?).ok_or_else(|| Error::validation("base", "Model name is required"))?;
         let (refiner, vae) = (text("refiner")?, text("vae")?);
+        // Every name resolves before anything is loaded or evicted, as for a request.
+        let models_dir = self.config.models_dir.as_deref();
+        let mut missing = Vec::new();
+        if let Some(Err(err)) = refiner.as_deref().map(|name| loader::resolve_model(name, models_dir)) {
+            missing.push(crate::error::FieldError::new("refiner", err.to_string()));
+        }
+        if let Some(Err(err)) = vae.as_deref().map(|name| loader::vae::resolve_vae(name, models_dir)) {
+            missing.push(crate::error::FieldError::new("vae", err.to_string()));
+        }
+        if !missing.is_empty() {
+            return Err(Error::Validation(missing));
+        }
         let ticket = self.queue.ticket(request_id)?;
         ticket.wait_for_turn(Priority::Normal)?;
         let offload = self.config.cpu_offload;

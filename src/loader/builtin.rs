@@ -12,6 +12,8 @@ pub const BUILTIN_TINY: &str = "builtin:tiny";
 /// Full-size SDXL base with random weights drawn on the device: benchmarks need the real
 /// shapes and costs, not the real pictures, and no 7 GB download.
 pub const BUILTIN_SDXL_RANDOM: &str = "builtin:sdxl-random";
+/// Full-size SDXL refiner with random weights drawn on the device (the refiner's benchmarks).
+pub const BUILTIN_SDXL_REFINER_RANDOM: &str = "builtin:sdxl-refiner-random";
 const SEED: u64 = 0x5D_1C_0DE;
 
 /// Each tensor's values depend only on its name, so the model is the same whatever

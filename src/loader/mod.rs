@@ -31,6 +31,7 @@ use weights::{model_load_error, CountingBackend, WeightSet};
 pub enum ModelLocation {
     Builtin,
     BuiltinSdxlRandom,
+    BuiltinSdxlRefinerRandom,
     DiffusersFolder(PathBuf),
     SingleFile(PathBuf),
 }
@@ -42,6 +43,9 @@ pub fn resolve_model(name: &str, models_dir: Option<&Path>) -> Result<ModelLocat
     }
     if name == builtin::BUILTIN_SDXL_RANDOM {
         return Ok(ModelLocation::BuiltinSdxlRandom);
+    }
+    if name == builtin::BUILTIN_SDXL_REFINER_RANDOM {
+        return Ok(ModelLocation::BuiltinSdxlRefinerRandom);
     }
     let classify = |path: PathBuf| -> Option<ModelLocation> {
         if path.is_dir() {
@@ -171,9 +175,15 @@ pub fn estimate_device_weight_bytes(location: &ModelLocation, options: &LoadOpti
     match location {
         // A few megabytes: too small to plan for.
         ModelLocation::Builtin => Ok(0),
-        ModelLocation::BuiltinSdxlRandom => {
-            // Parameter counts of SDXL base's UNet, CLIP ViT-L, OpenCLIP bigG and VAE.
-            let parts = [("unet", 2_567_463_684u64, dtype), ("text_encoder", 123_060_480, dtype), ("text_encoder_2", 694_659_840, dtype), ("vae", 83_653_863, vae_dtype)];
+        ModelLocation::BuiltinSdxlRandom | ModelLocation::BuiltinSdxlRefinerRandom => {
+            // Parameter counts of SDXL base's (refiner's) UNet, CLIP ViT-L, OpenCLIP bigG and VAE.
+            let refiner = *location == ModelLocation::BuiltinSdxlRefinerRandom;
+            let parts = [
+                ("unet", if refiner { 2_260_000_000u64 } else { 2_567_463_684 }, dtype),
+                ("text_encoder", if refiner { 0 } else { 123_060_480 }, dtype),
+                ("text_encoder_2", 694_659_840, dtype),
+                ("vae", 83_653_863, vae_dtype),
+            ];
             Ok(parts.iter().filter(|(component, ..)| !offloaded(component)).map(|(_, count, size)| count * size).sum())
         }
         ModelLocation::DiffusersFolder(dir) => {
@@ -217,6 +227,13 @@ pub fn load_model(location: &ModelLocation, options: &LoadOptions) -> Result<Sdx
     match location {
         ModelLocation::Builtin => load_builtin(options),
         ModelLocation::BuiltinSdxlRandom => load_sdxl_random(options),
+        ModelLocation::BuiltinSdxlRefinerRandom => load_generated(
+            published_configs(single_file::CheckpointKind::SdxlRefiner),
+            builtin::device_random_weights,
+            options,
+            "built-in full-size SDXL refiner with random weights (benchmarks)",
+            ModelLocation::BuiltinSdxlRefinerRandom,
+        ),
         ModelLocation::DiffusersFolder(dir) => load_diffusers_folder(dir, options),
         ModelLocation::SingleFile(path) => load_single_file(path, options),
     }
@@ -706,15 +723,16 @@ fn load_generated(
     configs.check_role(options.role, description)?;
     let sources = Sources {
         unet: NetworkSource::new(weights(), "unet", options.dtype),
-        text_encoder: Some(NetworkSource::new(weights(), "text_encoder", options.dtype)),
+        text_encoder: configs.text_encoder.is_some().then(|| NetworkSource::new(weights(), "text_encoder", options.dtype)),
         text_encoder_2: SecondEncoder::Build(NetworkSource::new(weights(), "text_encoder_2", options.dtype)),
         vae: NetworkSource::new(weights(), "vae", options.vae_dtype),
     };
     let networks = build_networks(&configs, sources, options)?;
+    let tokenizers = embedded_tokenizers(configs.role())?;
     let parts = Assembly {
         configs,
         networks,
-        tokenizers: embedded_tokenizers(ModelRole::Base)?,
+        tokenizers,
         description: description.into(),
         weight_bytes: 0,
         location,

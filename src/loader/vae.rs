@@ -72,7 +72,7 @@ fn detect_layout(file: &SafetensorsFile) -> Option<VaeFileLayout> {
 pub fn load_vae(location: &ModelLocation, fallback_config: &VaeConfig, unet: &UNetConfig, options: &VaeLoadOptions) -> Result<VaeModel> {
     let (config, weights, description, weight_bytes): (VaeConfig, Box<dyn SimpleBackend>, String, u64) = match location {
         ModelLocation::Builtin => (VaeConfig::tiny(), builtin::builtin_weights(), "built-in tiny demo model's VAE".into(), 0),
-        ModelLocation::BuiltinSdxlRandom => (VaeConfig::sdxl(), builtin::device_random_weights(), "built-in full-size SDXL's VAE (random weights)".into(), 0),
+        ModelLocation::BuiltinSdxlRandom | ModelLocation::BuiltinSdxlRefinerRandom => (VaeConfig::sdxl(), builtin::device_random_weights(), "built-in full-size SDXL's VAE (random weights)".into(), 0),
         ModelLocation::DiffusersFolder(dir) => {
             let folder = vae_folder(dir)?;
             let text = std::fs::read_to_string(folder.join("config.json")).map_err(|e| Error::ModelLoad(format!("{}: {e}", folder.join("config.json").display())))?;
@@ -110,7 +110,7 @@ pub fn load_vae(location: &ModelLocation, fallback_config: &VaeConfig, unet: &UN
         }
     };
     let root = match location {
-        ModelLocation::Builtin | ModelLocation::BuiltinSdxlRandom => "vae",
+        ModelLocation::Builtin | ModelLocation::BuiltinSdxlRandom | ModelLocation::BuiltinSdxlRefinerRandom => "vae",
         _ => "",
     };
     let counted = Arc::new(AtomicU64::new(0));
