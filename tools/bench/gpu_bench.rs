@@ -8,7 +8,8 @@
 //! random SDXL diffusers_bench.py saved. `gpu_bench kernels`: each fused CUDA kernel against the
 //! plain candle path on random inputs at SDXL's shapes (error and time). `gpu_bench profile`:
 //! one UNet step and one VAE decode, fused kernels on and off, timed and broken down by kind
-//! of op. Prints one JSON object per line.
+//! of op. `gpu_bench large`: the refiner (1024² ensemble) and 2048² with the VAE whole, tiled
+//! and "auto" under a budget, through the engine (times, peak memory). Prints one JSON object per line.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -24,10 +25,38 @@ use sdxl::pipeline::{generate, NoProgress, RunContext};
 use sdxl::rng::NormalKernel;
 use serde_json::json;
 
+/// The refiner's ensemble case and the tiled txt2img case of the tiny fixtures, on the GPU.
+fn refiner_and_tiling_parity(device: &Device, model: &sdxl::loader::SdxlModel, dtype: DType) -> sdxl::Result<()> {
+    let fixtures = common::fixtures();
+    let options = LoadOptions { role: sdxl::loader::ModelRole::Refiner, share_text_encoder_2_with: Some(model), device, dtype, vae_dtype: DType::F32, config_dir: None, cpu_offload: false };
+    let refiner = loader::load_diffusers_folder(&fixtures.join("tiny-sdxl-refiner"), &options)?;
+    let references = common::reference("refiner");
+    let image = |key: &str| references.get(key).cloned().ok_or_else(|| sdxl::Error::Internal(format!("no {key}")));
+    let request = json!({"prompt": "a lighthouse on a cliff at dawn", "models": {"base": "tiny", "refiner": "tiny-refiner"}, "refiner": {"denoising_start": 0.8},
+        "hyperparameters": {"num_inference_steps": 10, "guidance_scale": 5.0, "seed": 5}, "dimensions": {"width": 128, "height": 128}, "scheduler": "EulerDiscreteScheduler"});
+    let models = sdxl::pipeline::PipelineModels { base: model, refiner: Some(&refiner), vae: sdxl::pipeline::VaeChoice::of(model) };
+    let (batch, _) = common::run_request(&models, request, None, device);
+    let (max_diff, differing) = common::max_pixel_diff(&common::image_tensor(&batch.images), &image("ensemble_euler/image")?);
+    println!("{}", json!({"kind": "parity", "dtype": format!("{dtype:?}"), "case": "refiner_ensemble_euler", "uint8_max_diff": max_diff, "differing_values": differing}));
+    let tiled = common::reference("vae_custom");
+    let tiling = sdxl::models::VaeTiling { tile_size: 64, overlap: 0.25 };
+    let request = json!({"prompt": "a castle on a hill at sunset", "models": {"base": "tiny"}, "precision": {"vae_tiling": true, "vae_tile_size": 64},
+        "hyperparameters": {"num_inference_steps": 3, "guidance_scale": 5.0, "seed": 11}, "dimensions": {"width": 192, "height": 256}, "scheduler": "EulerDiscreteScheduler"});
+    let models = sdxl::pipeline::PipelineModels { base: model, refiner: None, vae: sdxl::pipeline::VaeChoice { tiling: Some(tiling), ..sdxl::pipeline::VaeChoice::of(model) } };
+    let (batch, _) = common::run_request(&models, request, None, device);
+    let expected = tiled.get("tiled_txt2img/image").cloned().ok_or_else(|| sdxl::Error::Internal("no tiled_txt2img/image".into()))?;
+    let (max_diff, differing) = common::max_pixel_diff(&common::image_tensor(&batch.images), &expected);
+    println!("{}", json!({"kind": "parity", "dtype": format!("{dtype:?}"), "case": "tiled_txt2img", "uint8_max_diff": max_diff, "differing_values": differing}));
+    Ok(())
+}
+
 fn parity(device: &Device) -> sdxl::Result<()> {
     for (dtype, vae_dtype) in [(DType::F32, DType::F32), (DType::F16, DType::F32), (DType::BF16, DType::F32)] {
         let options = LoadOptions { role: sdxl::loader::ModelRole::Base, share_text_encoder_2_with: None, device, dtype, vae_dtype, config_dir: None, cpu_offload: false };
         let model = loader::load_diffusers_folder(&common::fixtures().join("tiny-sdxl"), &options)?;
+        if dtype != DType::BF16 {
+            refiner_and_tiling_parity(device, &model, dtype)?;
+        }
         for case in common::cases() {
             let name = case["name"].as_str().unwrap_or("?").to_string();
             let refs = common::reference(&name);
@@ -205,6 +234,51 @@ fn offload(device: &Device, cpu_offload: bool) -> sdxl::Result<()> {
             "image": response["data"]["generated_images"][0]["path"],
             "device_free_after": sdxl::engine::memory::device_memory(device).map(|(free, _)| free)}));
     }
+    Ok(())
+}
+
+/// Large images and the refiner through the engine, full-size random weights, float16:
+/// a 1024² ensemble with the refiner, and 2048² with the VAE decoding whole, tiled, and
+/// "auto" under a memory budget. Reports times, stage times, peak memory and whether it tiled.
+fn large(_device: &Device) -> sdxl::Result<()> {
+    let run = |label: &str, budget_gb: Option<f64>, size: u32, steps: u32, extra: serde_json::Value| {
+        let mut config = json!({"device": "cuda:0", "output_dir": "/tmp/sdxl-large", "dtype": "float16", "limits": {"max_size": 2048}});
+        if let Some(budget) = budget_gb {
+            config["max_memory_gb"] = json!(budget);
+        }
+        let engine = match sdxl::Engine::from_json(&config.to_string()) {
+            Ok(engine) => engine,
+            Err(err) => return println!("{}", json!({"kind": "large", "run": label, "error": err.to_string()})),
+        };
+        let mut request = json!({"prompt": "a lighthouse on a cliff at dawn, highly detailed", "models": {"base": "builtin:sdxl-random"},
+            "dimensions": {"width": size, "height": size}, "hyperparameters": {"num_inference_steps": steps, "seed": 1}, "scheduler": "EulerDiscreteScheduler",
+            "output": {"save_path": label}});
+        if let (Some(request), Some(extra)) = (request.as_object_mut(), extra.as_object()) {
+            for (key, value) in extra {
+                match (request.get_mut(key), value) {
+                    (Some(serde_json::Value::Object(existing)), serde_json::Value::Object(more)) => existing.extend(more.clone()),
+                    _ => {
+                        request.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        // The first request compiles nothing (the device opened compiled candle's kernels) but
+        // draws the random weights; the second is the measurement.
+        for attempt in ["warm_up", "measured"] {
+            let response: serde_json::Value = serde_json::from_str(&engine.handle_json(&request.to_string())).unwrap_or_default();
+            let metrics = &response["data"]["processing_metrics"];
+            println!("{}", json!({"kind": "large", "run": label, "attempt": attempt, "size": size, "steps": steps, "budget_gb": budget_gb,
+                "success": response["success"], "error": response["error"], "warnings": response["warnings"],
+                "total_s": metrics["total_time"], "stage_times": metrics["stage_times"], "peak_memory_bytes": metrics["peak_memory_bytes"],
+                "weights_bytes": metrics["memory_used"], "vae_tiling": metrics["model_info"]["vae_tiling"], "refiner_steps": metrics["model_info"]["refiner_steps"]}));
+        }
+    };
+    run("refiner_ensemble_1024", None, 1024, 30, json!({"models": {"refiner": "builtin:sdxl-refiner-random"}, "refiner": {"denoising_start": 0.8}}));
+    run("base_only_1024", None, 1024, 30, json!({}));
+    run("2048_whole_decode", None, 2048, 10, json!({"precision": {"vae_tiling": false}}));
+    run("2048_tiled_decode", None, 2048, 10, json!({"precision": {"vae_tiling": true}}));
+    run("2048_auto_budget_12gb", Some(12.0), 2048, 10, json!({"precision": {"vae_tiling": "auto"}}));
     Ok(())
 }
 
@@ -409,11 +483,12 @@ fn main() {
         Some("bench") => bench(&device, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30)),
         Some("oom") => oom(&device),
         Some("offload") => offload(&device, args.get(2).map(String::as_str) == Some("on")),
+        Some("large") => large(&device),
         Some("kernels") => kernels(&device),
         Some("profile") => profile(&device),
         Some("compare") => compare(&device, std::path::Path::new(args.get(2).map(String::as_str).unwrap_or("/tmp/sdxl-random"))),
         _ => {
-            eprintln!("usage: gpu_bench parity | bench [steps] | kernels | profile | compare DIR | oom | offload on|off");
+            eprintln!("usage: gpu_bench parity | bench [steps] | kernels | profile | compare DIR | oom | offload on|off | large");
             std::process::exit(2);
         }
     };

@@ -8,6 +8,8 @@
 #   run_on_device.sh offload   1024² with and without precision.cpu_offload: peak memory, times, same image
 #   run_on_device.sh kernels   each fused CUDA kernel / the cuDNN convolution against candle's plain path
 #   run_on_device.sh profile   one UNet step and one VAE decode by kind of op, fused kernels on and off
+#   run_on_device.sh large     refiner 1024² ensemble; 2048² with the VAE whole, tiled and auto under a budget
+#   run_on_device.sh parity    only the GPU parity on the tiny fixtures (base cases, refiner, tiled decode)
 # Results go to $OUT (JSON lines), one file per part.
 set -uo pipefail
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
@@ -55,6 +57,15 @@ for model in ('tiny-', ''):
         d = np.abs(np.asarray(I.open(x)).astype(int) - np.asarray(I.open(y)).astype(int))
         print(model or 'sdxl-random (different random weights: not comparable) ', 'resident vs offloaded', x.split('/')[-1], 'uint8 max diff', d.max())
 " | tee "$OUT/offload_images.txt"
+    ;;
+large)
+    sampler=$(sample_memory "$OUT/mem_large.csv")
+    .dev/gpu/gpu_bench large > "$OUT/large.jsonl" 2> "$OUT/large.err"; echo "large rc=$?"
+    kill "$sampler"
+    echo "large nvidia-smi peak MiB: $(sort -n "$OUT/mem_large.csv" | tail -1)"
+    ;;
+parity)
+    .dev/gpu/gpu_bench parity > "$OUT/parity.jsonl" 2> "$OUT/parity.err"; echo "parity rc=$?"
     ;;
 kernels)
     .dev/gpu/gpu_bench kernels > "$OUT/kernels.jsonl" 2> "$OUT/kernels.err"; echo "kernels rc=$?"
