@@ -110,7 +110,8 @@ typedef struct SdxlProgress {
      */
     const char *request_id;
     /**
-     * 0 encode, 1 denoise, 2 decode, 3 upscale, 4 save.
+     * 0 encode, 1 denoise, 2 decode, 3 upscale, 4 save, 5 refine (the refiner's steps, counted
+     * from 0 to its own total).
      */
     int32_t stage;
     uint32_t image_index;

@@ -63,8 +63,9 @@ fn the_memory_estimate_counts_prompt_windows() {
         let request = sdxl::api::parse_request(json!({"prompt": prompt, "models": {"base": "m"}})).unwrap();
         sdxl::api::plan_request(&request, "e".into(), &sdxl::api::Limits::default(), || 1).unwrap()
     };
-    let short = sdxl::engine::memory::estimate_request_bytes(&model, &plan("a lighthouse".into()));
-    let long = sdxl::engine::memory::estimate_request_bytes(&model, &plan("lighthouse ".repeat(100)));
-    let longest = sdxl::engine::memory::estimate_request_bytes(&model, &plan("lighthouse ".repeat(1000)));
+    // The denoising loop's share: the text context lives there (the decode does not see it).
+    let short = sdxl::engine::memory::estimate_denoise_bytes(&model, &plan("a lighthouse".into()));
+    let long = sdxl::engine::memory::estimate_denoise_bytes(&model, &plan("lighthouse ".repeat(100)));
+    let longest = sdxl::engine::memory::estimate_denoise_bytes(&model, &plan("lighthouse ".repeat(1000)));
     assert!(short < long && long < longest, "estimates {short} < {long} < {longest}");
 }

@@ -24,11 +24,12 @@ fn product(factors: &[u64]) -> u64 {
 }
 
 /// Peak bytes of activations for one request on the model (weights excluded), its VAE
-/// decoding the whole image at once. Saturating arithmetic: an absurd request estimates as
-/// u64::MAX, never as a small wrapped number.
+/// decoding the whole image at once. The denoising loop's activations are freed before the
+/// decode starts, so the peak is the larger of the two. Saturating arithmetic: an absurd
+/// request estimates as u64::MAX, never as a small wrapped number.
 pub fn estimate_request_bytes(model: &SdxlModel, plan: &GenerationPlan) -> u64 {
     let vae = model.vae.network().config();
-    estimate_denoise_bytes(model, plan).saturating_add(estimate_vae_bytes(vae, model.vae_dtype, plan.height as u64, plan.width as u64))
+    estimate_denoise_bytes(model, plan).max(estimate_vae_bytes(vae, model.vae_dtype, plan.height as u64, plan.width as u64))
 }
 
 /// The UNet's share: attention scores, skip feature maps and the text context.

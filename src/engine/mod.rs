@@ -707,7 +707,8 @@ impl Engine {
             Some(tiling) => memory::estimate_tiled_vae_bytes(vae, vae_dtype, tiling.tile_size as u64, height, width),
             None => memory::estimate_vae_bytes(vae, vae_dtype, height, width),
         };
-        let needed = denoise.saturating_add(decode);
+        // The loop's activations are freed before the decode: the peak is the larger.
+        let needed = denoise.max(decode);
         // The refiner must stay too: evicting it would only load it again.
         let keep = refiner.unwrap_or(model);
         self.make_room(needed, Some(keep)).map_err(|available| {

@@ -103,7 +103,8 @@ impl SdxlEngine {
 pub struct SdxlProgress {
     /// The request's id (UTF-8, NUL-terminated).
     pub request_id: *const c_char,
-    /// 0 encode, 1 denoise, 2 decode, 3 upscale, 4 save.
+    /// 0 encode, 1 denoise, 2 decode, 3 upscale, 4 save, 5 refine (the refiner's steps, counted
+    /// from 0 to its own total).
     pub stage: i32,
     pub image_index: u32,
     pub step: u32,
