@@ -279,6 +279,8 @@ fn large(_device: &Device) -> sdxl::Result<()> {
     run("2048_whole_decode", None, 2048, 10, json!({"precision": {"vae_tiling": false}}));
     run("2048_tiled_decode", None, 2048, 10, json!({"precision": {"vae_tiling": true}}));
     run("2048_auto_budget_12gb", Some(12.0), 2048, 10, json!({"precision": {"vae_tiling": "auto"}}));
+    run("2048_tiled_cpu_offload", None, 2048, 10, json!({"precision": {"vae_tiling": true, "cpu_offload": true}}));
+    run("1024_cpu_offload", None, 1024, 30, json!({"precision": {"cpu_offload": true}}));
     Ok(())
 }
 
