@@ -47,7 +47,7 @@ namespace DeviceOperations.Sdxl.Native
         {
             /// <summary>const char*: the request's id (UTF-8, NUL-terminated).</summary>
             public IntPtr request_id;
-            /// <summary>int32_t: 0 encode, 1 denoise, 2 decode, 3 upscale, 4 save.</summary>
+            /// <summary>int32_t: 0 encode, 1 denoise, 2 decode, 3 upscale, 4 save, 5 refine.</summary>
             public int stage;
             public uint image_index;
             public uint step;

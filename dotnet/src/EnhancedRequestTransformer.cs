@@ -2,7 +2,8 @@
 // and WorkerTypeResolver, writing the `inference_request` envelope the Rust engine reads.
 //
 // Divergences from the seed: null members are omitted (models.refiner / models.vae only when
-// set, since a set refiner or VAE is refused as unsupported) and a disabled controlnet /
+// set; the `refiner` options object and precision's VAE tiling members are ours, sent only when
+// the caller set them) and a disabled controlnet /
 // output.upscale is just {"enabled": false}, because src/api/request.rs rejects what the Python
 // worker tolerated. `precision` carries only what the caller set in request.Precision (the seed
 // always sent float16/float32/no offload/slicing, which overrode the engine's config and made it
@@ -157,6 +158,7 @@ namespace DeviceOperations.Sdxl
                         .Add("base", baseModel)
                         .Add("refiner", model == null || string.IsNullOrEmpty(model.Refiner) ? null : model.Refiner)
                         .Add("vae", model == null || string.IsNullOrEmpty(model.Vae) ? null : model.Vae))
+                    .Add("refiner", TransformRefiner(request.Refiner))
                     .Add("lora", TransformLoRAConfiguration(conditioning == null ? null : conditioning.LoRAs))
                     .Add("controlnet", TransformControlNetConfiguration(conditioning == null ? null : conditioning.ControlNets))
                     .Add("output", new JsonObject()
@@ -195,7 +197,8 @@ namespace DeviceOperations.Sdxl
         }
 
         /// <summary>The seed's checks and messages, each with the JSON path the engine would
-        /// name, plus what the seed let through to a silent default: NaN or infinite numbers.
+        /// name, plus what the seed let through to a silent default: NaN or infinite numbers (and
+        /// a RefinerMode or VaeTilingMode cast from an undefined number).
         /// Empty when the request is valid.</summary>
         public List<SdxlFieldError> ValidateRequestFields(EnhancedSDXLRequest request)
         {
@@ -257,7 +260,36 @@ namespace DeviceOperations.Sdxl
             {
                 errors.Add(new SdxlFieldError("output.upscale.factor", "Upscale factor " + Show(upscale.Factor) + " must be a finite number"));
             }
+            var refiner = request == null ? null : request.Refiner;
+            if (refiner != null)
+            {
+                if (refiner.Mode.HasValue && RefinerModeName(refiner.Mode.Value) == null)
+                {
+                    errors.Add(new SdxlFieldError("refiner.mode", "Refiner mode " + ((int)refiner.Mode.Value).ToString(CultureInfo.InvariantCulture) + " is not Ensemble or Img2Img"));
+                }
+                CheckFinite(errors, "refiner.denoising_start", "Refiner denoising start", refiner.DenoisingStart);
+                CheckFinite(errors, "refiner.strength", "Refiner strength", refiner.Strength);
+                CheckFinite(errors, "refiner.aesthetic_score", "Aesthetic score", refiner.AestheticScore);
+                CheckFinite(errors, "refiner.negative_aesthetic_score", "Negative aesthetic score", refiner.NegativeAestheticScore);
+            }
+            var precision = request == null ? null : request.Precision;
+            if (precision != null)
+            {
+                if (precision.VaeTiling.HasValue && VaeTilingValue(precision.VaeTiling.Value) == null)
+                {
+                    errors.Add(new SdxlFieldError("precision.vae_tiling", "VAE tiling " + ((int)precision.VaeTiling.Value).ToString(CultureInfo.InvariantCulture) + " is not On, Off or Auto"));
+                }
+                CheckFinite(errors, "precision.vae_tile_overlap", "VAE tile overlap", precision.VaeTileOverlap);
+            }
             return errors;
+        }
+
+        private static void CheckFinite(List<SdxlFieldError> errors, string field, string what, double? value)
+        {
+            if (value.HasValue && !IsFinite(value.Value))
+            {
+                errors.Add(new SdxlFieldError(field, what + " " + Show(value.Value) + " must be a finite number"));
+            }
         }
 
         /// <summary>The one validation step of SdxlEngine/SdxlEnginePool.GenerateAsync and
@@ -297,8 +329,63 @@ namespace DeviceOperations.Sdxl
                 .Add("vae_dtype", precision.VaeDtype)
                 .Add("cpu_offload", precision.CpuOffload)
                 .Add("attention_slicing", precision.AttentionSlicing)
-                .Add("vae_slicing", precision.VaeSlicing);
+                .Add("vae_slicing", precision.VaeSlicing)
+                .Add("vae_tiling", precision.VaeTiling.HasValue ? RequireDefined(VaeTilingValue(precision.VaeTiling.Value), "PrecisionConfiguration.VaeTiling", (int)precision.VaeTiling.Value) : null)
+                .Add("vae_tile_size", precision.VaeTileSize)
+                .Add("vae_tile_overlap", precision.VaeTileOverlap);
             return result.Any() ? result : null;
+        }
+
+        /// <summary>The request's `refiner` object: only what the caller set (the engine's
+        /// defaults are diffusers': ensemble, 0.8, 0.3, 6.0, 2.5).</summary>
+        private static JsonObject TransformRefiner(RefinerConfiguration refiner)
+        {
+            if (refiner == null)
+            {
+                return null;
+            }
+            var result = new JsonObject()
+                .Add("mode", refiner.Mode.HasValue ? RequireDefined(RefinerModeName(refiner.Mode.Value), "RefinerConfiguration.Mode", (int)refiner.Mode.Value) : null)
+                .Add("denoising_start", refiner.DenoisingStart)
+                .Add("strength", refiner.Strength)
+                .Add("aesthetic_score", refiner.AestheticScore)
+                .Add("negative_aesthetic_score", refiner.NegativeAestheticScore);
+            return result.Any() ? result : null;
+        }
+
+        /// <summary>"ensemble" / "img2img"; null for a value outside the enum.</summary>
+        private static string RefinerModeName(RefinerMode mode)
+        {
+            switch (mode)
+            {
+                case RefinerMode.Ensemble: return "ensemble";
+                case RefinerMode.Img2Img: return "img2img";
+                default: return null;
+            }
+        }
+
+        /// <summary>precision.vae_tiling as JSON reads it: true, false or "auto"; null for a
+        /// value outside the enum.</summary>
+        private static object VaeTilingValue(VaeTilingMode tiling)
+        {
+            switch (tiling)
+            {
+                case VaeTilingMode.On: return true;
+                case VaeTilingMode.Off: return false;
+                case VaeTilingMode.Auto: return "auto";
+                default: return null;
+            }
+        }
+
+        /// <summary>An enum value cast from an undefined number is refused, never omitted (which
+        /// would mean the engine's default); ValidateRequestFields reports it first.</summary>
+        private static object RequireDefined(object value, string member, int raw)
+        {
+            if (value == null)
+            {
+                throw new ArgumentException(member + " " + raw.ToString(CultureInfo.InvariantCulture) + " is not a defined value");
+            }
+            return value;
         }
 
         private static PostProcessingStep FindUpscaleStep(List<PostProcessingStep> postProcessing)

@@ -105,19 +105,53 @@ namespace DeviceOperations.Sdxl
                 var metrics = Json.GetObject(data, "processing_metrics");
                 if (metrics != null)
                 {
-                    response.Metrics = new GenerationMetrics
-                    {
-                        TotalTime = Json.GetDouble(metrics, "total_time") ?? 0.0,
-                        InferenceTime = Json.GetDouble(metrics, "inference_time") ?? 0.0,
-                        DeviceName = Json.GetString(metrics, "device_name"),
-                        MemoryUsed = Json.GetLong(metrics, "memory_used") ?? 0,
-                        UnetCalls = Json.GetLong(metrics, "unet_calls") ?? 0,
-                        IterationsPerSecond = Json.GetDouble(metrics, "iterations_per_second") ?? 0.0,
-                        ModelInfo = Json.GetObject(metrics, "model_info") ?? new Dictionary<string, object>(),
-                    };
+                    response.Metrics = MapMetrics(metrics);
                 }
             }
             return response;
+        }
+
+        private static GenerationMetrics MapMetrics(Dictionary<string, object> metrics)
+        {
+            var modelInfo = Json.GetObject(metrics, "model_info") ?? new Dictionary<string, object>();
+            var result = new GenerationMetrics
+            {
+                TotalTime = Json.GetDouble(metrics, "total_time") ?? 0.0,
+                InferenceTime = Json.GetDouble(metrics, "inference_time") ?? 0.0,
+                DeviceName = Json.GetString(metrics, "device_name"),
+                MemoryUsed = Json.GetLong(metrics, "memory_used") ?? 0,
+                UnetCalls = Json.GetLong(metrics, "unet_calls") ?? 0,
+                IterationsPerSecond = Json.GetDouble(metrics, "iterations_per_second") ?? 0.0,
+                ModelInfo = modelInfo,
+                RefinerModel = Json.GetString(modelInfo, "refiner_model"),
+                RefinerMode = Json.GetString(modelInfo, "refiner_mode"),
+                RefinerSteps = Json.GetInt(modelInfo, "refiner_steps") ?? 0,
+                RefinerDescription = Json.GetString(modelInfo, "refiner_description"),
+                Vae = Json.GetString(modelInfo, "vae"),
+                VaeDtype = Json.GetString(modelInfo, "vae_dtype"),
+            };
+            var tiling = Json.GetObject(modelInfo, "vae_tiling");
+            if (tiling != null)
+            {
+                result.VaeTiling = new SdxlVaeTiling
+                {
+                    TileSize = Json.GetInt(tiling, "tile_size") ?? 0,
+                    Overlap = Json.GetDouble(tiling, "overlap") ?? 0.0,
+                };
+            }
+            var stageTimes = Json.GetObject(metrics, "stage_times");
+            if (stageTimes != null)
+            {
+                result.StageTimes = new SdxlStageTimes
+                {
+                    TextEncode = Json.GetDouble(stageTimes, "text_encode") ?? 0.0,
+                    Denoise = Json.GetDouble(stageTimes, "denoise") ?? 0.0,
+                    Refine = Json.GetDouble(stageTimes, "refine") ?? 0.0,
+                    Decode = Json.GetDouble(stageTimes, "decode") ?? 0.0,
+                    Save = Json.GetDouble(stageTimes, "save") ?? 0.0,
+                };
+            }
+            return result;
         }
 
         /// <summary>A failure response built on this side (validation, cancellation before start, exceptions).</summary>

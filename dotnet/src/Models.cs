@@ -18,6 +18,10 @@ namespace DeviceOperations.Sdxl
         /// <summary>Not in the seed's model (its transformer always sent float16/float32, no
         /// offload, slicing on): a member left null is not sent, so the engine's config decides.</summary>
         public PrecisionConfiguration Precision { get; set; }
+        /// <summary>How Model.Refiner finishes the image (the request's `refiner` object); null
+        /// members keep the engine's defaults (ensemble, denoising_start 0.8, strength 0.3,
+        /// aesthetic scores 6.0 / 2.5). Ignored by the engine, with a warning, without a Model.Refiner.</summary>
+        public RefinerConfiguration Refiner { get; set; }
         /// <summary>Seconds the request may run once it leaves the engine's queue
         /// (`metadata.timeout`). Null (the default): no limit unless the engine config sets
         /// `timeout_s`. The seed always sent 300, which cut a CPU engine's first 1024² request.</summary>
@@ -36,6 +40,54 @@ namespace DeviceOperations.Sdxl
         public bool? CpuOffload { get; set; }
         public bool? AttentionSlicing { get; set; }
         public bool? VaeSlicing { get; set; }
+        /// <summary>Decode (and encode) in overlapping tiles, as diffusers' enable_vae_tiling:
+        /// On, Off, or Auto (tile only when the whole image would not fit the memory budget).
+        /// Sent as true, false or "auto"; null: the engine's default, Auto.</summary>
+        public VaeTilingMode? VaeTiling { get; set; }
+        /// <summary>Tile size in pixels (diffusers' tile_sample_min_size; 64-4096, a multiple of 8);
+        /// null: the VAE's sample_size.</summary>
+        public int? VaeTileSize { get; set; }
+        /// <summary>Fraction of a tile shared with its neighbour (diffusers' tile_overlap_factor,
+        /// [0, 0.5)); null: 0.25.</summary>
+        public double? VaeTileOverlap { get; set; }
+    }
+
+    /// <summary>PrecisionConfiguration.VaeTiling.</summary>
+    public enum VaeTilingMode
+    {
+        /// <summary>false: never tile.</summary>
+        Off = 0,
+        /// <summary>true: always tile.</summary>
+        On = 1,
+        /// <summary>"auto": tile when the untiled decode would not fit the memory budget.</summary>
+        Auto = 2,
+    }
+
+    /// <summary>The request's `refiner` object: diffusers' two ways of using the SDXL refiner.
+    /// Only the members set are sent.</summary>
+    public class RefinerConfiguration
+    {
+        /// <summary>null: the engine's default, Ensemble.</summary>
+        public RefinerMode? Mode { get; set; }
+        /// <summary>Ensemble: the fraction of the schedule the base runs before the refiner
+        /// takes over (diffusers' denoising_end / denoising_start), in (0, 1).</summary>
+        public double? DenoisingStart { get; set; }
+        /// <summary>Img2Img: how far the refiner re-noises the base's image, in (0, 1].</summary>
+        public double? Strength { get; set; }
+        /// <summary>The refiner's aesthetic-score conditioning (diffusers' aesthetic_score).</summary>
+        public double? AestheticScore { get; set; }
+        public double? NegativeAestheticScore { get; set; }
+    }
+
+    /// <summary>RefinerConfiguration.Mode.</summary>
+    public enum RefinerMode
+    {
+        /// <summary>"ensemble": the base runs the first DenoisingStart of the schedule and hands
+        /// its latents to the refiner for the rest (diffusers' ensemble of expert denoisers).</summary>
+        Ensemble = 0,
+        /// <summary>"img2img": the base runs every step; the refiner re-noises its image by
+        /// Strength and denoises it again.</summary>
+        Img2Img = 1,
     }
 
     public class ConditioningConfiguration
@@ -166,6 +218,43 @@ namespace DeviceOperations.Sdxl
         public double IterationsPerSecond { get; set; }
         /// <summary>base_model, scheduler, dtype, ... as the engine reported them.</summary>
         public IDictionary<string, object> ModelInfo { get; set; }
+        /// <summary>Seconds per pipeline stage (processing_metrics.stage_times).</summary>
+        public SdxlStageTimes StageTimes { get; set; }
+        /// <summary>model_info.refiner_model: the refiner that ran; null without one.</summary>
+        public string RefinerModel { get; set; }
+        /// <summary>model_info.refiner_mode: "ensemble" or "img2img"; null without a refiner.</summary>
+        public string RefinerMode { get; set; }
+        /// <summary>model_info.refiner_steps: denoising steps the refiner ran (0 without one).</summary>
+        public int RefinerSteps { get; set; }
+        /// <summary>model_info.refiner_description: what the engine loaded as the refiner.</summary>
+        public string RefinerDescription { get; set; }
+        /// <summary>model_info.vae: the VAE that decoded (the base model's own unless the request named one).</summary>
+        public string Vae { get; set; }
+        /// <summary>model_info.vae_dtype: the VAE's dtype ("float32", "float16", "bfloat16").</summary>
+        public string VaeDtype { get; set; }
+        /// <summary>model_info.vae_tiling: the tile layout used; null when the VAE ran untiled.</summary>
+        public SdxlVaeTiling VaeTiling { get; set; }
+    }
+
+    /// <summary>processing_metrics.stage_times: wall seconds per stage.</summary>
+    public sealed class SdxlStageTimes
+    {
+        public double TextEncode { get; set; }
+        /// <summary>The base model's denoising.</summary>
+        public double Denoise { get; set; }
+        /// <summary>The refiner's denoising (0 without a refiner).</summary>
+        public double Refine { get; set; }
+        public double Decode { get; set; }
+        public double Save { get; set; }
+    }
+
+    /// <summary>model_info.vae_tiling: how a tiled VAE split the image.</summary>
+    public sealed class SdxlVaeTiling
+    {
+        /// <summary>Tile size in pixels.</summary>
+        public int TileSize { get; set; }
+        /// <summary>Fraction of a tile shared with its neighbour.</summary>
+        public double Overlap { get; set; }
     }
 
     /// <summary>The pipeline stage a progress report belongs to (SdxlProgress.stage).</summary>
@@ -176,6 +265,8 @@ namespace DeviceOperations.Sdxl
         Decode = 2,
         Upscale = 3,
         Save = 4,
+        /// <summary>The refiner's denoising steps; Step restarts at 0 with the refiner's own TotalSteps.</summary>
+        Refine = 5,
     }
 
     /// <summary>One progress report, copied out of the native struct.</summary>

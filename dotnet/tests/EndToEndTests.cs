@@ -400,10 +400,14 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.SequenceEqual(new[] { "prompt" }, response.FieldErrors.Select(f => f.Field), "fields (" + response.Error + ")");
 
                 request = TinyRequest(2);
-                request.Model.Refiner = "sdxl-refiner";
+                request.Model.Refiner = "sdxl-refiner-that-does-not-exist";
                 response = await engine.GenerateAsync(request);
-                Assert.SequenceEqual(new[] { "models.refiner" }, response.FieldErrors.Select(f => f.Field), "a refiner is refused as unsupported (" + response.Error + ")");
-                Assert.Equal("UNSUPPORTED", response.ErrorCode, "a feature this build lacks is UNSUPPORTED, not VALIDATION_ERROR");
+                Assert.SequenceEqual(new[] { "models.refiner" }, response.FieldErrors.Select(f => f.Field), "a refiner that does not exist (" + response.Error + ")");
+                Assert.Equal("VALIDATION_ERROR", response.ErrorCode, "a missing refiner is a validation error");
+                request.Model.Refiner = "builtin:tiny";
+                response = await engine.GenerateAsync(request);
+                Assert.Equal("MODEL_LOAD_ERROR", response.ErrorCode, "a base model named as the refiner (" + response.Error + ")");
+                Assert.Contains("not a refiner", response.Error, "the message says why");
 
                 var service = new SdxlNativeService(engine);
                 request = TinyRequest(2);
@@ -411,6 +415,48 @@ namespace DeviceOperations.Sdxl.Tests
                 response = await service.SendEnhancedCommandAsync(request);
                 Assert.Equal("Request validation failed: Prompt is required and cannot be empty", response.Error, "service validation");
                 Assert.SequenceEqual(new[] { "prompt" }, response.FieldErrors.Select(f => f.Field), "service FieldErrors");
+            });
+
+            runner.AddAsync("e2e_tiny_refiner_finishes_the_builtin_base_in_ensemble_and_reports_refine_progress", async () =>
+            {
+                var engine = Engine();
+                var refinerPath = Path.Combine(Path.Combine(Path.Combine(AbiTests.RepoRoot(), "tests"), "fixtures"), "tiny-sdxl-refiner");
+                Assert.True(Directory.Exists(refinerPath), "refiner fixture missing: " + refinerPath);
+                var request = TinyRequest(4);
+                request.Model.Refiner = refinerPath;
+                // 0.5: the base runs the first half of the schedule whatever its timestep spacing,
+                // so both models get steps.
+                request.Refiner = new RefinerConfiguration { Mode = RefinerMode.Ensemble, DenoisingStart = 0.5 };
+                var reports = new List<SdxlProgress>();
+                var response = await engine.GenerateAsync(request, new InlineProgress(p => { lock (reports) { reports.Add(p); } }));
+                Assert.True(response.Success, "generation with the refiner failed: " + response.ErrorCode + " " + response.Error);
+                Assert.Equal(1, response.Images.Count, "image count");
+                Assert.True(File.Exists(response.Images[0].Path), "no file at " + response.Images[0].Path);
+                Assert.Equal(256, response.Images[0].Width, "width");
+                var metrics = response.Metrics;
+                Assert.Equal(refinerPath, metrics.RefinerModel, "RefinerModel");
+                Assert.Equal(refinerPath, metrics.ModelInfo["refiner_model"] as string, "model_info.refiner_model");
+                Assert.Equal("ensemble", metrics.RefinerMode, "RefinerMode");
+                Assert.True(!string.IsNullOrEmpty(metrics.RefinerDescription), "RefinerDescription is empty");
+                Assert.True(metrics.RefinerSteps > 0 && metrics.RefinerSteps < 4, "RefinerSteps " + metrics.RefinerSteps + " (of 4, handing over at 0.5)");
+                Assert.True(metrics.StageTimes != null && metrics.StageTimes.Refine > 0.0, "StageTimes.Refine " + (metrics.StageTimes == null ? "missing" : metrics.StageTimes.Refine.ToString("R")));
+                Assert.True(!string.IsNullOrEmpty(metrics.VaeDtype), "VaeDtype is empty");
+
+                List<SdxlProgress> refine;
+                lock (reports)
+                {
+                    refine = reports.Where(r => r.Stage == SdxlStage.Refine).ToList();
+                    Assert.True(refine.Count > 0, "no Refine progress report: " + string.Join("; ", reports));
+                    var lastDenoise = reports.FindLastIndex(r => r.Stage == SdxlStage.Denoise);
+                    var firstRefine = reports.FindIndex(r => r.Stage == SdxlStage.Refine);
+                    var firstDecode = reports.FindIndex(r => r.Stage == SdxlStage.Decode);
+                    Assert.True(lastDenoise < firstRefine && (firstDecode < 0 || firstRefine < firstDecode),
+                        "Refine between Denoise and Decode: " + string.Join("; ", reports));
+                }
+                Assert.Equal(0, refine[0].Step, "the refiner's step counter restarts at 0");
+                Assert.Equal(metrics.RefinerSteps, refine.Last().TotalSteps, "Refine TotalSteps is the refiner's own step count");
+                Assert.Equal(metrics.RefinerSteps, refine.Last().Step, "the last Refine report is after the refiner's last step");
+                Assert.True(refine.All(r => r.RequestId == response.RequestId), "Refine reports carry the request id");
             });
 
             runner.AddAsync("e2e_generate_and_the_service_validate_alike_and_never_replace_a_scheduler", async () =>

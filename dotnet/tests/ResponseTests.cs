@@ -50,6 +50,41 @@ namespace DeviceOperations.Sdxl.Tests
                 response.EnsureSuccess();
             });
 
+            runner.Add("response_maps_refiner_vae_and_stage_times_of_model_info", () =>
+            {
+                const string refined =
+                    "{\"request_id\":\"r-3\",\"success\":true,\"data\":{\"generated_images\":[]," +
+                    "\"processing_metrics\":{\"total_time\":3.0,\"inference_time\":2.5,\"device_name\":\"cpu\",\"memory_used\":1," +
+                    "\"model_info\":{\"base_model\":\"sdxl-base\",\"refiner_model\":\"sdxl-refiner\",\"refiner_description\":\"diffusers folder /m/refiner\"," +
+                    "\"refiner_mode\":\"ensemble\",\"refiner_steps\":5,\"vae\":\"sdxl-vae-fp16-fix\",\"vae_tiling\":{\"tile_size\":512,\"overlap\":0.25}," +
+                    "\"dtype\":\"float16\",\"vae_dtype\":\"float16\"}," +
+                    "\"stage_times\":{\"text_encode\":0.1,\"denoise\":1.5,\"refine\":0.5,\"decode\":0.4,\"save\":0.05},\"unet_calls\":50,\"iterations_per_second\":12.5}}," +
+                    "\"error\":null,\"error_code\":null,\"error_number\":null,\"field_errors\":[],\"warnings\":[],\"execution_time\":3.1,\"timestamp\":1.0}";
+                var metrics = new EnhancedResponseHandler().HandleEnhancedResponse(refined, "fallback").EnsureSuccess().Metrics;
+                Assert.Equal("sdxl-refiner", metrics.RefinerModel, "RefinerModel");
+                Assert.Equal("ensemble", metrics.RefinerMode, "RefinerMode");
+                Assert.Equal(5, metrics.RefinerSteps, "RefinerSteps");
+                Assert.Equal("diffusers folder /m/refiner", metrics.RefinerDescription, "RefinerDescription");
+                Assert.Equal("sdxl-vae-fp16-fix", metrics.Vae, "Vae");
+                Assert.Equal("float16", metrics.VaeDtype, "VaeDtype");
+                Assert.True(metrics.VaeTiling != null, "VaeTiling");
+                Assert.Equal(512, metrics.VaeTiling.TileSize, "VaeTiling.TileSize");
+                Assert.Equal(0.25, metrics.VaeTiling.Overlap, "VaeTiling.Overlap");
+                Assert.Equal(0.1, metrics.StageTimes.TextEncode, "StageTimes.TextEncode");
+                Assert.Equal(1.5, metrics.StageTimes.Denoise, "StageTimes.Denoise");
+                Assert.Equal(0.5, metrics.StageTimes.Refine, "StageTimes.Refine");
+                Assert.Equal(0.4, metrics.StageTimes.Decode, "StageTimes.Decode");
+                Assert.Equal(0.05, metrics.StageTimes.Save, "StageTimes.Save");
+
+                // Without a refiner (refiner_model null, no refine time from an older engine) and untiled.
+                var plain = new EnhancedResponseHandler().HandleEnhancedResponse(SuccessJson, "fallback").Metrics;
+                Assert.Equal(null, plain.RefinerModel, "RefinerModel without a refiner");
+                Assert.Equal(0, plain.RefinerSteps, "RefinerSteps without a refiner");
+                Assert.True(plain.VaeTiling == null, "VaeTiling untiled");
+                Assert.Equal(0.0, plain.StageTimes.Refine, "StageTimes.Refine absent");
+                Assert.Equal(10.0, plain.StageTimes.Denoise, "StageTimes.Denoise");
+            });
+
             runner.Add("response_error_maps_code_and_field_errors", () =>
             {
                 var response = new EnhancedResponseHandler().HandleEnhancedResponse(ValidationJson, "fallback");

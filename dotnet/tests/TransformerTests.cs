@@ -1,5 +1,6 @@
 // The seed's EnhancedRequestTransformer mapping, read back from the JSON it writes.
 
+using System;
 using System.Collections.Generic;
 using System.Linq;
 
@@ -249,6 +250,125 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.Equal("bfloat16", Json.GetString(precision, "dtype"), "dtype");
                 Assert.Equal(false, Json.GetBool(precision, "cpu_offload", true), "an explicit false is sent");
                 Assert.Equal(false, Json.GetBool(precision, "vae_slicing", true), "vae_slicing");
+            });
+
+            runner.Add("transformer_sends_refiner_options_only_when_the_caller_set_them", () =>
+            {
+                Assert.Missing(Data(Minimal()), "refiner", "no Refiner");
+                var request = Minimal();
+                request.Model.Refiner = "sdxl-refiner";
+                request.Refiner = new RefinerConfiguration();
+                Assert.Missing(Data(request), "refiner", "an empty Refiner (the engine's defaults)");
+
+                request.Refiner.Mode = RefinerMode.Ensemble;
+                var refiner = Obj(Data(request), "refiner");
+                Assert.SequenceEqual(new[] { "mode" }, refiner.Keys, "members with only Mode set");
+                Assert.Equal("ensemble", Json.GetString(refiner, "mode"), "Ensemble");
+
+                request.Refiner = new RefinerConfiguration
+                {
+                    Mode = RefinerMode.Img2Img,
+                    DenoisingStart = 0.75,
+                    Strength = 0.3,
+                    AestheticScore = 7.0,
+                    NegativeAestheticScore = 2.0,
+                };
+                var data = Data(request);
+                refiner = Obj(data, "refiner");
+                Assert.SequenceEqual(new[] { "mode", "denoising_start", "strength", "aesthetic_score", "negative_aesthetic_score" }, refiner.Keys, "every member set");
+                Assert.Equal("img2img", Json.GetString(refiner, "mode"), "Img2Img");
+                Assert.Equal(0.75, Json.GetDouble(refiner, "denoising_start").Value, "denoising_start");
+                Assert.Equal(0.3, Json.GetDouble(refiner, "strength").Value, "strength");
+                Assert.Equal(7.0, Json.GetDouble(refiner, "aesthetic_score").Value, "aesthetic_score");
+                Assert.Equal(2.0, Json.GetDouble(refiner, "negative_aesthetic_score").Value, "negative_aesthetic_score");
+                Assert.Equal("sdxl-refiner", Json.GetString(Obj(data, "models"), "refiner"), "models.refiner beside it");
+
+                // Without models.refiner the options still go out as given: the engine ignores
+                // them with a warning, which the caller sees in Warnings.
+                var orphan = Minimal();
+                orphan.Refiner = new RefinerConfiguration { DenoisingStart = 0.7 };
+                Assert.Equal(0.7, Json.GetDouble(Obj(Data(orphan), "refiner"), "denoising_start").Value, "denoising_start without a refiner model");
+                Assert.Missing(Obj(Data(orphan), "models"), "refiner", "no models.refiner invented");
+            });
+
+            runner.Add("transformer_maps_vae_tiling_on_off_auto_tile_size_and_overlap", () =>
+            {
+                var request = Minimal();
+                request.Precision = new PrecisionConfiguration { VaeTiling = VaeTilingMode.On };
+                var precision = Obj(Data(request), "precision");
+                Assert.SequenceEqual(new[] { "vae_tiling" }, precision.Keys, "members with only VaeTiling set");
+                Assert.Equal((object)true, Json.Get(precision, "vae_tiling"), "On is true");
+                request.Precision.VaeTiling = VaeTilingMode.Off;
+                Assert.Equal((object)false, Json.Get(Obj(Data(request), "precision"), "vae_tiling"), "Off is false");
+                request.Precision.VaeTiling = VaeTilingMode.Auto;
+                Assert.Equal((object)"auto", Json.Get(Obj(Data(request), "precision"), "vae_tiling"), "Auto is \"auto\"");
+
+                request.Precision = new PrecisionConfiguration { VaeTileSize = 512 };
+                precision = Obj(Data(request), "precision");
+                Assert.SequenceEqual(new[] { "vae_tile_size" }, precision.Keys, "members with only VaeTileSize set");
+                Assert.Equal(512L, Json.GetLong(precision, "vae_tile_size").Value, "vae_tile_size");
+
+                request.Precision = new PrecisionConfiguration { VaeDtype = "float16", VaeTiling = VaeTilingMode.On, VaeTileSize = 1024, VaeTileOverlap = 0.125 };
+                precision = Obj(Data(request), "precision");
+                Assert.SequenceEqual(new[] { "vae_dtype", "vae_tiling", "vae_tile_size", "vae_tile_overlap" }, precision.Keys, "VAE members set");
+                Assert.Equal(1024L, Json.GetLong(precision, "vae_tile_size").Value, "vae_tile_size");
+                Assert.Equal(0.125, Json.GetDouble(precision, "vae_tile_overlap").Value, "vae_tile_overlap");
+                Assert.Equal("float16", Json.GetString(precision, "vae_dtype"), "vae_dtype");
+
+                // The wire text itself: a JSON boolean, not the string "true".
+                var json = new EnhancedRequestTransformer().TransformEnhancedSDXLRequest(request, "r");
+                Assert.Contains("\"vae_tiling\":true", json, "vae_tiling written as a JSON boolean");
+            });
+
+            runner.Add("transformer_refuses_nan_refiner_numbers_tile_overlap_and_undefined_enums", () =>
+            {
+                var request = Minimal();
+                request.Model.Refiner = "sdxl-refiner";
+                request.Refiner = new RefinerConfiguration
+                {
+                    Mode = (RefinerMode)7,
+                    DenoisingStart = double.NaN,
+                    Strength = double.PositiveInfinity,
+                    AestheticScore = double.NegativeInfinity,
+                    NegativeAestheticScore = double.NaN,
+                };
+                request.Precision = new PrecisionConfiguration { VaeTiling = (VaeTilingMode)9, VaeTileOverlap = double.NaN };
+                var transformer = new EnhancedRequestTransformer();
+                var errors = transformer.ValidateRequestFields(request);
+                Assert.SequenceEqual(new[]
+                {
+                    "refiner.mode", "refiner.denoising_start", "refiner.strength", "refiner.aesthetic_score", "refiner.negative_aesthetic_score",
+                    "precision.vae_tiling", "precision.vae_tile_overlap",
+                }, errors.Select(e => e.Field), "fields (" + string.Join("; ", errors) + ")");
+                Assert.Equal("Refiner denoising start NaN must be a finite number", errors[1].Message, "denoising_start message");
+                Assert.Equal("VAE tile overlap NaN must be a finite number", errors[6].Message, "overlap message");
+
+                // Each alone: refused by validation and by the transformer, never sent as null
+                // (which the engine would read as its default).
+                var cases = new List<KeyValuePair<string, EnhancedSDXLRequest>>();
+                var start = Minimal();
+                start.Refiner = new RefinerConfiguration { DenoisingStart = double.NaN };
+                cases.Add(new KeyValuePair<string, EnhancedSDXLRequest>("refiner.denoising_start", start));
+                var score = Minimal();
+                score.Refiner = new RefinerConfiguration { AestheticScore = double.PositiveInfinity };
+                cases.Add(new KeyValuePair<string, EnhancedSDXLRequest>("refiner.aesthetic_score", score));
+                var mode = Minimal();
+                mode.Refiner = new RefinerConfiguration { Mode = (RefinerMode)7 };
+                cases.Add(new KeyValuePair<string, EnhancedSDXLRequest>("refiner.mode", mode));
+                var overlap = Minimal();
+                overlap.Precision = new PrecisionConfiguration { VaeTileOverlap = double.NegativeInfinity };
+                cases.Add(new KeyValuePair<string, EnhancedSDXLRequest>("precision.vae_tile_overlap", overlap));
+                var tiling = Minimal();
+                tiling.Precision = new PrecisionConfiguration { VaeTiling = (VaeTilingMode)9 };
+                cases.Add(new KeyValuePair<string, EnhancedSDXLRequest>("precision.vae_tiling", tiling));
+                foreach (var pair in cases)
+                {
+                    var failure = transformer.ValidationFailure(pair.Value, "r");
+                    Assert.True(failure != null, pair.Key + ": ValidationFailure returned null");
+                    Assert.Equal("VALIDATION_ERROR", failure.ErrorCode, pair.Key + ": ErrorCode");
+                    Assert.SequenceEqual(new[] { pair.Key }, failure.FieldErrors.Select(e => e.Field), pair.Key + ": fields");
+                    Assert.Throws<InvalidOperationException>(() => transformer.TransformEnhancedSDXLRequest(pair.Value, "r"), pair.Key + ": Transform");
+                }
             });
 
             runner.Add("transformer_sends_the_seeds_empty_negative_prompt_and_refiner_vae_only_when_set", () =>
