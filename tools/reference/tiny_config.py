@@ -389,3 +389,78 @@ REFINER_UNET_ARGS = {k: (tuple(v) if isinstance(v, list) else v) for k, v in REF
                      if not k.startswith("_")}
 VAE_FP16_FIX_ARGS = {k: (tuple(v) if isinstance(v, list) else v) for k, v in VAE_FP16_FIX_CONFIG.items()
                      if not k.startswith("_")}
+
+# ----------------------------------------------------------------------------------------------
+# SDXL ControlNets (diffusers/controlnet-canny-sdxl-1.0, diffusers/controlnet-depth-sdxl-1.0), used by
+# make_controlnet_references.py. Published config.json files, every field, published (sorted) key order.
+#
+# Provenance (see README "tiny-controlnet-canny"):
+# - SDXL_CONTROLNET_DEPTH: read from a third-party copy of the published file (a Python dict in a public
+#   GitHub repo whose null entries are commented out; they are restored here as None). Written out (sorted,
+#   indent 2, trailing newline) it has 1274 bytes; the hub lists the published file as 1.27 kB.
+# - SDXL_CONTROLNET_CANNY: reconstructed. The hub lists the published root config.json as 1.31 kB ("move the
+#   checkpoint to root"); a byte copy was not found. The fields and values are those of a copy re-saved by
+#   diffusers 0.24.0.dev0 after loading diffusers/controlnet-canny-sdxl-1.0 (its `_name_or_path`); that copy has
+#   exactly the 31 fields below and is 1293 bytes, which this dict reproduces to the byte with that
+#   `_name_or_path`/`_diffusers_version`. The fields and values are the depth file's. `_diffusers_version` is
+#   taken from the depth file (trained in the same week). The published file also carries a `_name_or_path`
+#   of 47-56 characters (1.31 kB - 1235 bytes of the rest); its value is unknown, it is not a model field, and
+#   it is left out (the canny training checkpoints in the same repo, 1.24 kB = 1235 bytes, have none).
+# ----------------------------------------------------------------------------------------------
+SDXL_CONTROLNET_CANNY = {
+    "_class_name": "ControlNetModel",
+    "_diffusers_version": "0.20.0.dev0",
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],  # heads per level (SDXL naming), as the base unet
+    "block_out_channels": [320, 640, 1280],
+    "class_embed_type": None,
+    "conditioning_channels": 3,
+    "conditioning_embedding_out_channels": [16, 32, 96, 256],
+    "controlnet_conditioning_channel_order": "rgb",
+    "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "downsample_padding": 1,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "global_pool_conditions": False,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_attention_heads": None,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "projection_class_embeddings_input_dim": 2816,
+    "resnet_time_scale_shift": "default",
+    "transformer_layers_per_block": [1, 2, 10],
+    "upcast_attention": None,
+    "use_linear_projection": True,
+}
+
+SDXL_CONTROLNET_DEPTH = {
+    "_class_name": "ControlNetModel",
+    "_diffusers_version": "0.20.0.dev0",
+    "_name_or_path": "valhalla/depth-2",
+    **{k: v for k, v in SDXL_CONTROLNET_CANNY.items() if not k.startswith("_")},
+}
+
+CONTROLNET_SHRINK = dict(
+    addition_time_embed_dim=ADD_TIME_DIM,
+    attention_head_dim=[2, 2, 4],  # = the tiny base unet's
+    block_out_channels=[16, 32, 32],
+    # 4 entries as published: conv_in + 3 stride-2 convolutions, image / 8 = latent size
+    conditioning_embedding_out_channels=[4, 8, 8, 16],
+    cross_attention_dim=TE1_HIDDEN + TE2_HIDDEN,
+    norm_num_groups=8,
+    projection_class_embeddings_input_dim=6 * ADD_TIME_DIM + TE2_PROJ,
+    transformer_layers_per_block=[1, 1, 2],
+)
+
+CONTROLNET_CANNY_CONFIG = shrink(SDXL_CONTROLNET_CANNY, CONTROLNET_SHRINK)
+CONTROLNET_DEPTH_CONFIG = shrink(SDXL_CONTROLNET_DEPTH, CONTROLNET_SHRINK)
