@@ -203,6 +203,67 @@ pub struct VaePlan {
     pub tile_overlap: f64,
 }
 
+/// The seed's ControlNet types. Only canny has a preprocessor here; the others take an
+/// already-processed control image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlKind {
+    Canny,
+    Depth,
+    Pose,
+    Scribble,
+    Normal,
+    Seg,
+    Lineart,
+}
+
+impl ControlKind {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "canny" => Self::Canny,
+            "depth" => Self::Depth,
+            "pose" => Self::Pose,
+            "scribble" => Self::Scribble,
+            "normal" => Self::Normal,
+            "seg" => Self::Seg,
+            "lineart" => Self::Lineart,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Canny => "canny",
+            Self::Depth => "depth",
+            Self::Pose => "pose",
+            Self::Scribble => "scribble",
+            Self::Normal => "normal",
+            Self::Seg => "seg",
+            Self::Lineart => "lineart",
+        }
+    }
+}
+
+pub use crate::image::canny::CannySettings;
+
+pub(crate) const DEFAULT_CANNY_LOW: f64 = 100.0;
+pub(crate) const DEFAULT_CANNY_HIGH: f64 = 200.0;
+
+/// One enabled ControlNet, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlNetPlan {
+    /// `controlnet` or `controlnet[i]`: where errors about it point.
+    pub field: String,
+    /// None: `<models_dir>/controlnet/<type>`.
+    pub model: Option<String>,
+    pub kind: ControlKind,
+    pub conditioning_scale: f64,
+    pub control_image: String,
+    pub guidance_start: f64,
+    pub guidance_end: f64,
+    /// Some: detect canny edges in the control image first.
+    pub canny: Option<CannySettings>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraRequest {
     pub name: String,
@@ -219,6 +280,8 @@ pub struct GenerationPlan {
     pub base_model: String,
     pub refiner: Option<RefinerPlan>,
     pub vae: VaePlan,
+    /// Enabled ControlNets, in request order (their residuals add up).
+    pub controlnets: Vec<ControlNetPlan>,
     pub steps: u32,
     pub guidance_scale: f64,
     /// The first image's seed; image i uses `seed + i`.
@@ -377,15 +440,10 @@ pub fn plan_request(
             }
         }
     }
-    if let Some(controlnet) = &request.controlnet {
-        let many = matches!(controlnet, crate::api::request::ControlNetSpec::Many(_));
-        for (index, entry) in controlnet.entries().iter().enumerate() {
-            if entry.enabled.unwrap_or(false) {
-                let field = if many { format!("controlnet[{index}]") } else { "controlnet".to_string() };
-                unsupported.push(FieldError::new(field, "ControlNet is not supported yet by this build"));
-            }
-        }
-    }
+    let controlnets = match &request.controlnet {
+        Some(spec) => plan_controlnets(spec, &mut errors, &mut unsupported),
+        None => Vec::new(),
+    };
 
     let output = request.output.clone().unwrap_or_default();
     let format_name = output.format.clone().unwrap_or_else(|| "png".into());
@@ -521,6 +579,7 @@ pub fn plan_request(
         base_model,
         refiner,
         vae,
+        controlnets,
         steps: steps as u32,
         guidance_scale,
         seed,
@@ -542,6 +601,79 @@ pub fn plan_request(
         max_prompt_windows: limits.max_prompt_windows as usize,
         warnings,
     })
+}
+
+fn plan_controlnets(spec: &super::request::ControlNetSpec, errors: &mut Vec<FieldError>, unsupported: &mut Vec<FieldError>) -> Vec<ControlNetPlan> {
+    let many = matches!(spec, super::request::ControlNetSpec::Many(_));
+    let mut plans = Vec::new();
+    for (index, entry) in spec.entries().iter().enumerate() {
+        let field = if many { format!("controlnet[{index}]") } else { "controlnet".to_string() };
+        // An entry is on when it says so, or (saying nothing) when it brings a control image.
+        if !entry.enabled.unwrap_or(entry.control_image.is_some()) {
+            continue;
+        }
+        let mut fail = |name: &str, message: String| errors.push(FieldError::new(format!("{field}.{name}"), message));
+        let kind_name = entry.kind.clone().unwrap_or_else(|| "canny".into());
+        let kind = ControlKind::parse(&kind_name).unwrap_or_else(|| {
+            fail("type", format!("unknown ControlNet type '{kind_name}' (expected canny, depth, pose, scribble, normal, seg or lineart)"));
+            ControlKind::Canny
+        });
+        let conditioning_scale = entry.conditioning_scale.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&conditioning_scale) {
+            fail("conditioning_scale", format!("Invalid conditioning scale: {conditioning_scale}. Must be 0-2"));
+        }
+        let control_image = entry.control_image.clone().unwrap_or_default();
+        if control_image.trim().is_empty() {
+            fail("control_image", "a ControlNet needs a control image (a path or base64 data)".into());
+        }
+        let (guidance_start, guidance_end) = (entry.guidance_start.unwrap_or(0.0), entry.guidance_end.unwrap_or(1.0));
+        for (name, value) in [("guidance_start", guidance_start), ("guidance_end", guidance_end)] {
+            if !(0.0..=1.0).contains(&value) {
+                fail(name, format!("Invalid {name}: {value}. Must be 0-1"));
+            }
+        }
+        if guidance_start >= guidance_end {
+            fail("guidance_start", format!("guidance_start {guidance_start} must be below guidance_end {guidance_end}"));
+        }
+        if entry.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            fail("model", "must be a ControlNet path or name when given".into());
+        }
+        let preprocessor = entry.preprocessor.clone().unwrap_or_default();
+        let mut canny = None;
+        if preprocessor.enabled.unwrap_or(false) {
+            if kind != ControlKind::Canny {
+                unsupported.push(FieldError::new(
+                    format!("{field}.preprocessor"),
+                    format!("the {} preprocessor needs a model this build does not ship; send an already-processed control image with preprocessor.enabled false", kind.name()),
+                ));
+            } else {
+                let (low, high) = (preprocessor.low_threshold.unwrap_or(DEFAULT_CANNY_LOW), preprocessor.high_threshold.unwrap_or(DEFAULT_CANNY_HIGH));
+                if !(low.is_finite() && high.is_finite() && low >= 0.0 && low <= high && high <= 10_000.0) {
+                    fail("preprocessor.low_threshold", format!("thresholds {low} / {high} must satisfy 0 <= low_threshold <= high_threshold <= 10000"));
+                }
+                let resolution = match preprocessor.resolution {
+                    None => None,
+                    Some(r) if (64..=4096).contains(&r) => Some(r as u32),
+                    Some(r) => {
+                        fail("preprocessor.resolution", format!("Invalid resolution: {r}. Must be 64-4096"));
+                        None
+                    }
+                };
+                canny = Some(CannySettings { low_threshold: low as f32, high_threshold: high as f32, resolution });
+            }
+        }
+        plans.push(ControlNetPlan {
+            field,
+            model: entry.model.clone().filter(|m| !m.trim().is_empty()),
+            kind,
+            conditioning_scale,
+            control_image,
+            guidance_start,
+            guidance_end,
+            canny,
+        });
+    }
+    plans
 }
 
 fn plan_refiner(request: &GenerationRequest, models: &super::request::Models, errors: &mut Vec<FieldError>, warnings: &mut Vec<String>) -> Option<RefinerPlan> {

@@ -116,6 +116,22 @@ struct GenerateArgs {
     /// VAE tile size in pixels (default: the VAE's sample_size, 1024 for SDXL).
     #[arg(long)]
     vae_tile_size: Option<u32>,
+    /// A ControlNet (folder or diffusers-layout .safetensors); repeat for several, each with
+    /// its own --control-image (and optionally --control-scale, --control-type, --canny).
+    #[arg(long = "controlnet", value_name = "MODEL")]
+    controlnets: Vec<String>,
+    /// The control image of the ControlNet at the same position.
+    #[arg(long = "control-image", value_name = "FILE")]
+    control_images: Vec<PathBuf>,
+    /// conditioning_scale of the ControlNet at the same position (default 1.0).
+    #[arg(long = "control-scale", value_name = "SCALE")]
+    control_scales: Vec<f64>,
+    /// Its type (canny, depth, pose, scribble, normal, seg, lineart; default canny).
+    #[arg(long = "control-type", value_name = "TYPE")]
+    control_types: Vec<String>,
+    /// Detect canny edges in the control images (thresholds 100/200) instead of using them as given.
+    #[arg(long)]
+    canny: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -253,6 +269,27 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode, String> {
     }
     if precision.as_object().is_some_and(|p| !p.is_empty()) {
         request["precision"] = precision;
+    }
+    if args.controlnets.len() != args.control_images.len() {
+        return Err(format!("{} --controlnet but {} --control-image: give one control image per ControlNet", args.controlnets.len(), args.control_images.len()));
+    }
+    if !args.controlnets.is_empty() {
+        let entries: Vec<Value> = args
+            .controlnets
+            .iter()
+            .enumerate()
+            .map(|(index, model)| {
+                json!({
+                    "enabled": true,
+                    "model": model,
+                    "type": args.control_types.get(index).cloned().unwrap_or_else(|| "canny".into()),
+                    "conditioning_scale": args.control_scales.get(index).copied().unwrap_or(1.0),
+                    "control_image": args.control_images[index].display().to_string(),
+                    "preprocessor": {"enabled": args.canny},
+                })
+            })
+            .collect();
+        request["controlnet"] = Value::Array(entries);
     }
     if builtin && args.steps.is_none() {
         request["hyperparameters"]["num_inference_steps"] = json!(10);

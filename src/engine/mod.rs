@@ -23,6 +23,7 @@ use crate::api::request::GenerationRequest;
 use crate::api::{self, GeneratedImage, GenerationData, Message, ProcessingMetrics, Response, ServedMetadata};
 use crate::error::{Error, Result};
 use crate::api::validate::TilingChoice;
+use crate::loader::controlnet::LoadedControlNet;
 use crate::loader::vae::{VaeLoadOptions, VaeModel};
 use crate::loader::{self, LoadOptions, ModelRole, SdxlModel};
 use crate::models::VaeTiling;
@@ -49,17 +50,41 @@ struct LoadedModel {
     last_used: u64,
 }
 
-/// A cached VAE on its own: `models.vae` by name, or a model's VAE in another dtype.
+/// A network cached beside the models: a VAE on its own (`models.vae` by name, or a model's
+/// VAE in another dtype) or a ControlNet.
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct VaeKey {
-    /// The `models.vae` name, or `vae of <model name>`.
+struct SideKey {
+    kind: SideKind,
+    /// The `models.vae` name, `vae of <model name>`, or the ControlNet's path.
     source: String,
     dtype: DType,
     cpu_offload: bool,
 }
 
-struct LoadedVae {
-    vae: Arc<VaeModel>,
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum SideKind {
+    Vae,
+    ControlNet,
+}
+
+#[derive(Clone)]
+enum SideNetwork {
+    Vae(Arc<VaeModel>),
+    ControlNet(Arc<LoadedControlNet>),
+}
+
+impl SideNetwork {
+    /// (description, file bytes, device bytes, host bytes)
+    fn footprint(&self) -> (&str, u64, u64, u64) {
+        match self {
+            Self::Vae(vae) => (&vae.description, vae.weight_bytes, vae.device_weight_bytes, vae.host_weight_bytes),
+            Self::ControlNet(net) => (&net.description, net.weight_bytes, net.device_weight_bytes, net.host_weight_bytes),
+        }
+    }
+}
+
+struct LoadedSide {
+    network: SideNetwork,
     last_used: u64,
 }
 
@@ -72,7 +97,7 @@ pub struct Engine {
     /// Warnings every response carries (e.g. dtype downgraded on CPU).
     engine_warnings: Vec<String>,
     models: Mutex<HashMap<ModelKey, LoadedModel>>,
-    vaes: Mutex<HashMap<VaeKey, LoadedVae>>,
+    side_networks: Mutex<HashMap<SideKey, LoadedSide>>,
     /// Parsed LoRA files, shared by every model (adapters are matched to a model when applied).
     loras: crate::lora::LoraCache,
     /// Serialises device work: one request (or model load) runs at a time, the others wait
@@ -127,7 +152,7 @@ impl Engine {
             vae_dtype,
             engine_warnings,
             models: Mutex::new(HashMap::new()),
-            vaes: Mutex::new(HashMap::new()),
+            side_networks: Mutex::new(HashMap::new()),
             loras: crate::lora::LoraCache::default(),
             queue: RequestQueue::default(),
             progress: Mutex::new(None),
@@ -249,10 +274,9 @@ impl Engine {
             Some(name) => name.to_string(),
             None => format!("vae of {model_name}"),
         };
-        let key = VaeKey { source, dtype, cpu_offload };
-        if let Some(entry) = self.vaes.lock().get_mut(&key) {
-            entry.last_used = stamp;
-            return Ok(entry.vae.clone());
+        let key = SideKey { kind: SideKind::Vae, source, dtype, cpu_offload };
+        if let Some(SideNetwork::Vae(vae)) = self.cached_side_network(&key, stamp) {
+            return Ok(vae);
         }
         let location = match custom {
             Some(name) => loader::vae::resolve_vae(name, self.config.models_dir.as_deref()).map_err(|err| name_the_field(err, "models.vae"))?,
@@ -267,30 +291,67 @@ impl Engine {
         tracing::info!(vae = key.source.as_str(), "loading VAE");
         let options = VaeLoadOptions { device: &self.device, dtype, cpu_offload };
         let vae = Arc::new(loader::vae::load_vae(&location, &fallback_config, model.unet.config(), &options).map_err(|err| name_the_field(err, "models.vae"))?);
-        self.vaes.lock().insert(key, LoadedVae { vae: vae.clone(), last_used: stamp });
+        self.side_networks.lock().insert(key, LoadedSide { network: SideNetwork::Vae(vae.clone()), last_used: stamp });
         Ok(vae)
     }
 
-    /// Drops the least recently used cached model or VAE other than `keep` (and refiners
-    /// sharing a dropped base's encoder); false if none was left.
+    fn cached_side_network(&self, key: &SideKey, stamp: u64) -> Option<SideNetwork> {
+        let mut side = self.side_networks.lock();
+        let entry = side.get_mut(key)?;
+        entry.last_used = stamp;
+        Some(entry.network.clone())
+    }
+
+    /// Loads (or finds cached) the ControlNet one request entry names; `field` is the entry's
+    /// path for errors. It must fit `base`'s UNet.
+    fn controlnet(&self, plan: &api::validate::ControlNetPlan, base: &Arc<SdxlModel>, cpu_offload: bool) -> Result<Arc<LoadedControlNet>> {
+        let stamp = self.use_counter.fetch_add(1, Ordering::Relaxed);
+        let field = format!("{}.model", plan.field);
+        let location = loader::controlnet::resolve_controlnet(plan.model.as_deref(), plan.kind.name(), self.config.models_dir.as_deref())
+            .map_err(|err| name_the_field(err, &field))?;
+        let source = match &location {
+            loader::ModelLocation::DiffusersFolder(path) | loader::ModelLocation::SingleFile(path) => path.display().to_string(),
+            _ => plan.model.clone().unwrap_or_default(),
+        };
+        let key = SideKey { kind: SideKind::ControlNet, source, dtype: base.dtype, cpu_offload };
+        if let Some(SideNetwork::ControlNet(net)) = self.cached_side_network(&key, stamp) {
+            // A cached ControlNet fitted the UNet it was loaded for; this base may differ.
+            loader::controlnet::check_fits(net.network.network().config(), base.unet.config()).map_err(|err| name_the_field(err, &field))?;
+            return Ok(net);
+        }
+        if !cpu_offload {
+            // An SDXL ControlNet is the UNet's encoder half: about a third of its weights.
+            if let Err(available) = self.make_room(base.device_weight_bytes / 3, Some(base)) {
+                return Err(Error::OutOfMemory(format!("loading the ControlNet {} needs about {}, more than the {available}", key.source, memory::gib(base.device_weight_bytes / 3))));
+            }
+        }
+        tracing::info!(controlnet = key.source.as_str(), "loading ControlNet");
+        let options = loader::controlnet::ControlNetLoadOptions { device: &self.device, dtype: base.dtype, cpu_offload };
+        let net = Arc::new(loader::controlnet::load_controlnet(&location, base.unet.config(), &options).map_err(|err| name_the_field(err, &field))?);
+        self.side_networks.lock().insert(key, LoadedSide { network: SideNetwork::ControlNet(net.clone()), last_used: stamp });
+        Ok(net)
+    }
+
+    /// Drops the least recently used cached model, VAE or ControlNet other than `keep` (and
+    /// refiners sharing a dropped base's encoder); false if none was left.
     fn evict_least_recently_used(&self, keep: Option<&Arc<SdxlModel>>) -> bool {
         let mut models = self.models.lock();
-        let mut vaes = self.vaes.lock();
+        let mut side = self.side_networks.lock();
         let model_victim = models
             .iter()
             .filter(|(_, entry)| keep.is_none_or(|keep| !Arc::ptr_eq(&entry.model, keep)))
             .min_by_key(|(_, entry)| entry.last_used)
             .map(|(key, entry)| (key.clone(), entry.last_used));
-        let vae_victim = vaes.iter().min_by_key(|(_, entry)| entry.last_used).map(|(key, entry)| (key.clone(), entry.last_used));
-        match (model_victim, vae_victim) {
-            (Some((_, model_used)), Some((key, vae_used))) if vae_used < model_used => {
-                tracing::info!(vae = key.source.as_str(), "evicting a cached VAE");
-                vaes.remove(&key);
+        let side_victim = side.iter().min_by_key(|(_, entry)| entry.last_used).map(|(key, entry)| (key.clone(), entry.last_used));
+        match (model_victim, side_victim) {
+            (Some((_, model_used)), Some((key, side_used))) if side_used < model_used => {
+                tracing::info!(network = key.source.as_str(), "evicting a cached VAE or ControlNet");
+                side.remove(&key);
                 true
             }
             (None, Some((key, _))) => {
-                tracing::info!(vae = key.source.as_str(), "evicting a cached VAE");
-                vaes.remove(&key);
+                tracing::info!(network = key.source.as_str(), "evicting a cached VAE or ControlNet");
+                side.remove(&key);
                 true
             }
             (Some((key, _)), _) => {
@@ -317,7 +378,7 @@ impl Engine {
     fn resident_weight_bytes(&self) -> u64 {
         // Fused LoRA copies stay resident until the adapter set changes: they count too.
         let models: u64 = self.models.lock().values().map(|entry| entry.model.device_weight_bytes + entry.model.adapters.fused_bytes(&self.device).0).sum();
-        models + self.vaes.lock().values().map(|entry| entry.vae.device_weight_bytes).sum::<u64>()
+        models + self.side_networks.lock().values().map(|entry| entry.network.footprint().2).sum::<u64>()
     }
 
     /// What the engine may still allocate: the budget (`max_memory_gb`) less the cached
@@ -370,8 +431,8 @@ impl Engine {
             return Err(Error::InvalidJson("the model description must be a JSON object".into()));
         };
         for key in fields.keys() {
-            if !matches!(key.as_str(), "base" | "model_name" | "refiner" | "vae" | "config") {
-                return Err(Error::validation(key.clone(), "unknown field (expected base, model_name, refiner, vae, config)"));
+            if !matches!(key.as_str(), "base" | "model_name" | "refiner" | "vae" | "controlnet" | "config") {
+                return Err(Error::validation(key.clone(), "unknown field (expected base, model_name, refiner, vae, controlnet, config)"));
             }
         }
         let text = |key: &str| -> Result<Option<String>> {
@@ -392,6 +453,25 @@ impl Engine {
         if let Some(Err(err)) = vae.as_deref().map(|name| loader::vae::resolve_vae(name, models_dir)) {
             missing.push(crate::error::FieldError::new("vae", err.to_string()));
         }
+        // "controlnet": a name or path, or an array of them (loaded with the base's dtype).
+        let controlnets: Vec<(String, String)> = match fields.get("controlnet") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(name)) => vec![("controlnet".to_string(), name.clone())],
+            Some(Value::Array(names)) => names
+                .iter()
+                .enumerate()
+                .map(|(index, name)| match name.as_str() {
+                    Some(name) if !name.trim().is_empty() => Ok((format!("controlnet[{index}]"), name.to_string())),
+                    _ => Err(Error::validation(format!("controlnet[{index}]"), "must be a ControlNet name or path")),
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => return Err(Error::validation("controlnet", "must be a ControlNet name or path, or an array of them")),
+        };
+        for (field, name) in &controlnets {
+            if let Err(err) = loader::controlnet::resolve_controlnet(Some(name), "canny", models_dir) {
+                missing.push(crate::error::FieldError::new(field.clone(), err.to_string()));
+            }
+        }
         if !missing.is_empty() {
             return Err(Error::Validation(missing));
         }
@@ -404,6 +484,19 @@ impl Engine {
         }
         if let Some(vae) = &vae {
             self.vae_model(Some(vae), &name, &base, self.vae_dtype, offload)?;
+        }
+        for (field, controlnet) in controlnets {
+            let plan = api::validate::ControlNetPlan {
+                field,
+                model: Some(controlnet),
+                kind: api::validate::ControlKind::Canny,
+                conditioning_scale: 1.0,
+                control_image: String::new(),
+                guidance_start: 0.0,
+                guidance_end: 1.0,
+                canny: None,
+            };
+            self.controlnet(&plan, &base, offload)?;
         }
         Ok(name)
     }
@@ -465,6 +558,16 @@ impl Engine {
             Some(source) => Some(crate::image::load_init_image(source, plan.width, plan.height, warnings)?),
             None => None,
         };
+        // Control images (and their canny edges) are made before the request waits its turn.
+        let control_images = plan
+            .controlnets
+            .iter()
+            .map(|control| {
+                let field = format!("{}.control_image", control.field);
+                let image = crate::image::control::prepare_control_image(&field, &control.control_image, control.canny.as_ref(), plan.width, plan.height, warnings)?;
+                crate::image::control::control_tensor(&image, &self.device)
+            })
+            .collect::<Result<Vec<_>>>()?;
         // Wait behind the request in flight and every better-placed one; a cancel aimed at any
         // of them cannot reach this one (each ticket has its own flag).
         ticket.wait_for_turn(priority)?;
@@ -498,7 +601,25 @@ impl Engine {
             Some(vae) => VaeChoice { network: &vae.network, dtype: vae.dtype, tiling, float32: Some(&float32_vae) },
             None => VaeChoice { network: &model.vae, dtype: model.vae_dtype, tiling, float32: Some(&float32_vae) },
         };
-        let models = PipelineModels { base: &model, refiner: refiner.as_deref(), vae: vae_choice };
+        let controlnets = plan
+            .controlnets
+            .iter()
+            .map(|control| self.controlnet(control, &model, cpu_offload))
+            .collect::<Result<Vec<_>>>()?;
+        let guidance = plan
+            .controlnets
+            .iter()
+            .zip(&controlnets)
+            .zip(control_images)
+            .map(|((control, net), image)| pipeline::ControlGuidance {
+                network: &net.network,
+                image,
+                conditioning_scale: control.conditioning_scale,
+                guidance_start: control.guidance_start,
+                guidance_end: control.guidance_end,
+            })
+            .collect();
+        let models = PipelineModels { base: &model, refiner: refiner.as_deref(), vae: vae_choice, controlnets: guidance };
         let result = self.generate_with_model(&models, &plan, init_image.as_ref(), &loaded_loras, ticket.cancel_flag(), served, started, running_since, warnings);
         // The failed request's tensors are dropped by now; its queued work and cached blocks are not.
         if let Err(Error::OutOfMemory(message)) = &result {
@@ -621,6 +742,14 @@ impl Engine {
                     }),
                     "refiner_steps": batch.refiner_steps_run,
                     "vae": plan.vae.model,
+                    "controlnets": plan.controlnets.iter().map(|control| json!({
+                        "type": control.kind.name(),
+                        "model": control.model,
+                        "conditioning_scale": control.conditioning_scale,
+                        "guidance_start": control.guidance_start,
+                        "guidance_end": control.guidance_end,
+                        "canny": control.canny.map(|c| json!({"low_threshold": c.low_threshold, "high_threshold": c.high_threshold, "resolution": c.resolution})),
+                    })).collect::<Vec<_>>(),
                     "vae_tiling": models.vae.tiling.map(|tiling| json!({"tile_size": tiling.tile_size, "overlap": tiling.overlap})),
                     "loaded_loras": loaded_loras,
                     "scheduler": plan.scheduler.class_name(),
@@ -647,20 +776,22 @@ impl Engine {
     fn fields_not_honoured(&self, request: &GenerationRequest, plan: &GenerationPlan) -> Result<Vec<String>> {
         let mut warnings = Vec::new();
         if let Some(precision) = &request.precision {
-            // Dtypes are fixed when the engine is created (every cached model is loaded in
-            // them); asking for the engine's own dtype is a no-op. A dtype the engine config
-            // asked for but the CPU downgraded is already explained by the engine's warning.
-            for (field, requested, used, configured, role) in [
-                ("precision.dtype", &precision.dtype, self.dtype, &self.config.dtype, "computes"),
-                ("precision.vae_dtype", &precision.vae_dtype, self.vae_dtype, &self.config.vae_dtype, "decodes"),
-            ] {
-                if let Some(requested) = requested {
-                    if config::parse_dtype(field, requested)? != used && requested != configured {
-                        warnings.push(format!(
-                            "{field} {requested} ignored: this engine {role} in {} (set by the engine config at sdxl_create)",
-                            config::dtype_name(used)
-                        ));
-                    }
+            // The compute dtype is fixed when the engine is created (every cached model is
+            // loaded in it); asking for the engine's own dtype is a no-op. A dtype the engine
+            // config asked for but the CPU downgraded is already explained by the engine's warning.
+            if let Some(requested) = &precision.dtype {
+                if config::parse_dtype("precision.dtype", requested)? != self.dtype && *requested != self.config.dtype {
+                    warnings.push(format!(
+                        "precision.dtype {requested} ignored: this engine computes in {} (set by the engine config at sdxl_create)",
+                        config::dtype_name(self.dtype)
+                    ));
+                }
+            }
+            // The VAE's dtype is honoured per request on a GPU (engine::request_vae); the CPU
+            // decodes in float32.
+            if let Some(requested) = &precision.vae_dtype {
+                if self.device.is_cpu() && config::parse_dtype("precision.vae_dtype", requested)? != DType::F32 && *requested != self.config.vae_dtype {
+                    warnings.push(format!("precision.vae_dtype {requested} ignored: this engine decodes in float32 on the CPU"));
                 }
             }
             // Attention is always chunked by query rows once its scores would pass
@@ -723,6 +854,26 @@ impl Engine {
         })
     }
 
+    fn side_status(&self, kind: SideKind) -> Vec<Value> {
+        self.side_networks
+            .lock()
+            .iter()
+            .filter(|(key, _)| key.kind == kind)
+            .map(|(key, entry)| {
+                let (description, weight_bytes, device_weight_bytes, host_weight_bytes) = entry.network.footprint();
+                json!({
+                    "source": key.source,
+                    "description": description,
+                    "dtype": config::dtype_name(key.dtype),
+                    "weight_bytes": weight_bytes,
+                    "device_weight_bytes": device_weight_bytes,
+                    "host_weight_bytes": host_weight_bytes,
+                    "cpu_offload": key.cpu_offload,
+                })
+            })
+            .collect()
+    }
+
     pub fn status(&self) -> Value {
         let models: Vec<Value> = self
             .models
@@ -754,22 +905,15 @@ impl Engine {
             "device_name": self.device_name(),
             "dtype": config::dtype_name(self.dtype),
             "loaded_models": models,
-            "loaded_vaes": self.vaes.lock().iter().map(|(key, entry)| json!({
-                "source": key.source,
-                "description": entry.vae.description,
-                "dtype": config::dtype_name(key.dtype),
-                "weight_bytes": entry.vae.weight_bytes,
-                "device_weight_bytes": entry.vae.device_weight_bytes,
-                "host_weight_bytes": entry.vae.host_weight_bytes,
-                "cpu_offload": key.cpu_offload,
-            })).collect::<Vec<_>>(),
+            "loaded_vaes": self.side_status(SideKind::Vae),
+            "loaded_controlnets": self.side_status(SideKind::ControlNet),
             "cached_loras": self.loras.paths(),
             "memory": {
                 "device_total_bytes": device_memory.map(|(_, total)| total),
                 "device_free_bytes": device_memory.map(|(free, _)| free),
                 "weights_on_device_bytes": self.resident_weight_bytes(),
                 "weights_on_host_bytes": self.models.lock().values().map(|entry| entry.model.host_weight_bytes).sum::<u64>()
-                    + self.vaes.lock().values().map(|entry| entry.vae.host_weight_bytes).sum::<u64>(),
+                    + self.side_networks.lock().values().map(|entry| entry.network.footprint().3).sum::<u64>(),
                 "budget_bytes": self.config.max_memory_gb.map(memory::gib_to_bytes),
             },
             "requests_served": self.requests_served.load(Ordering::Relaxed),

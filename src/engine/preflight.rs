@@ -1,6 +1,6 @@
 //! What a request names must exist before the engine loads, evicts or encodes anything for it:
 //! a base model (and refiner) that is not cached must resolve to a file or folder, a custom
-//! VAE likewise, and every LoRA name to a file. Each failure names its field, and nothing cached is touched.
+//! VAE and every ControlNet likewise, and every LoRA name to a file. Each failure names its field, and nothing cached is touched.
 
 use std::path::Path;
 
@@ -29,6 +29,11 @@ pub fn check_names_resolve(plan: &GenerationPlan, models_dir: Option<&Path>, cac
     if let Some(vae) = &plan.vae.model {
         if let Err(err) = crate::loader::vae::resolve_vae(vae, models_dir) {
             missing.push(named("models.vae", err));
+        }
+    }
+    for control in &plan.controlnets {
+        if let Err(err) = crate::loader::controlnet::resolve_controlnet(control.model.as_deref(), control.kind.name(), models_dir) {
+            missing.push(named(&format!("{}.model", control.field), err));
         }
     }
     missing.extend(plan

@@ -1,6 +1,10 @@
-//! Pixels in and out: tensors ↔ RGB images, the init image of img2img, and writing
-//! png/jpeg/webp files atomically under the engine's output folder.
+//! Pixels in and out: tensors ↔ RGB images, the init image of img2img, ControlNet control
+//! images and their canny preprocessor, and writing png/jpeg/webp files atomically under the
+//! engine's output folder.
 
+pub mod canny;
+pub mod control;
+pub mod resize;
 pub mod save;
 
 use base64::Engine as _;
@@ -42,27 +46,31 @@ pub fn rgb_to_tensor(image: &image::RgbImage, device: &Device) -> Result<Tensor>
     Ok(Tensor::from_vec(planar, (1, 3, h, w), device)?)
 }
 
-/// Reads an img2img source: a file path, or base64 (with or without a `data:` prefix).
-/// Resized (Lanczos) to the requested size when it differs.
-pub fn load_init_image(source: &str, width: u32, height: u32, warnings: &mut Vec<String>) -> Result<image::RgbImage> {
+/// Decodes an image given as a file path or base64 (with or without a `data:` prefix) to
+/// RGB; errors name `field`.
+pub fn load_image(field: &str, source: &str) -> Result<image::RgbImage> {
     let bytes = if std::path::Path::new(source).is_file() {
-        std::fs::read(source).map_err(|e| Error::validation("init_image", format!("cannot read {source}: {e}")))?
+        std::fs::read(source).map_err(|e| Error::validation(field, format!("cannot read {source}: {e}")))?
     } else {
         let payload = source.split_once("base64,").map(|(_, data)| data).unwrap_or(source);
         base64::engine::general_purpose::STANDARD
             .decode(payload.trim())
-            .map_err(|_| Error::validation("init_image", "neither an existing file nor valid base64 image data"))?
+            .map_err(|_| Error::validation(field, "neither an existing file nor valid base64 image data"))?
     };
-    let decoded = image::load_from_memory(&bytes)
-        .map_err(|e| Error::validation("init_image", format!("not a readable png/jpeg/webp image: {e}")))?
-        .to_rgb8();
+    Ok(image::load_from_memory(&bytes).map_err(|e| Error::validation(field, format!("not a readable png/jpeg/webp image: {e}")))?.to_rgb8())
+}
+
+/// Reads an img2img source: a file path, or base64 (with or without a `data:` prefix).
+/// Resized (Lanczos) to the requested size when it differs.
+pub fn load_init_image(source: &str, width: u32, height: u32, warnings: &mut Vec<String>) -> Result<image::RgbImage> {
+    let decoded = load_image("init_image", source)?;
     if decoded.dimensions() != (width, height) {
         warnings.push(format!(
             "init_image is {}x{}; resized to {width}x{height}",
             decoded.width(),
             decoded.height()
         ));
-        return Ok(image::imageops::resize(&decoded, width, height, image::imageops::FilterType::Lanczos3));
+        return Ok(resize::lanczos_resize(&decoded, width, height));
     }
     Ok(decoded)
 }

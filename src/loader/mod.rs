@@ -3,6 +3,7 @@
 //! `_resolve_model_path` did, minus the hub: nothing is ever downloaded.
 
 pub mod builtin;
+pub mod controlnet;
 pub mod lora;
 pub mod safetensors_file;
 pub mod single_file;

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod autoencoder_kl;
 pub mod clip_text;
+pub mod controlnet;
 pub mod embeddings;
 pub mod offload;
 pub mod patchable;
@@ -14,5 +15,6 @@ pub mod vae_tiling;
 
 pub use autoencoder_kl::{AutoencoderKL, VaeConfig};
 pub use clip_text::{ClipTextConfig, ClipTextTransformer};
+pub use controlnet::{ControlNetConfig, ControlNetModel};
 pub use unet_2d_condition::{UNet2DConditionModel, UNetConditioning, UNetConfig};
 pub use vae_tiling::VaeTiling;

@@ -128,7 +128,7 @@ impl UNetConfig {
         Ok(config)
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let blocks = self.block_out_channels.len();
         if blocks == 0 || self.down_block_types.len() != blocks || self.up_block_types.len() != blocks {
             return Err(Error::ModelLoad("UNet config: block_out_channels, down_block_types and up_block_types must have the same non-zero length".into()));
@@ -176,13 +176,123 @@ pub struct UNetConditioning<'a> {
     pub time_ids: &'a Tensor,
 }
 
-pub struct UNet2DConditionModel {
-    config: UNetConfig,
+/// The timestep embedding plus the "text_time" embedding of the pooled text and the time
+/// ids: what every resnet of the UNet (and of a ControlNet) is conditioned on.
+pub(crate) struct TimeTextEmbedding {
     time_embedding: TimestepEmbedding,
     add_embedding: TimestepEmbedding,
-    conv_in: PatchableConv2d,
+    time_channels: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+    addition_time_embed_dim: usize,
+}
+
+impl TimeTextEmbedding {
+    pub(crate) fn new(vb: &VarBuilder, config: &UNetConfig) -> Result<Self> {
+        let time_channels = config.block_out_channels[0];
+        let time_embed_dim = time_channels * 4;
+        let text_time_dim = config
+            .projection_class_embeddings_input_dim
+            .ok_or_else(|| Error::ModelLoad("UNet config lacks projection_class_embeddings_input_dim".into()))?;
+        Ok(Self {
+            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), time_channels, time_embed_dim)?,
+            add_embedding: TimestepEmbedding::new(vb.pp("add_embedding"), text_time_dim, time_embed_dim)?,
+            time_channels,
+            flip_sin_to_cos: config.flip_sin_to_cos,
+            freq_shift: config.freq_shift,
+            addition_time_embed_dim: config.addition_time_embed_dim(),
+        })
+    }
+
+    pub(crate) fn forward(&self, sample: &Tensor, timestep: f64, cond: &UNetConditioning) -> Result<Tensor> {
+        let (batch, device, dtype) = (sample.dim(0)?, sample.device(), sample.dtype());
+        let timesteps = Tensor::full(timestep as f32, batch, device)?;
+        let time_features = timestep_features(&timesteps, self.time_channels, self.flip_sin_to_cos, self.freq_shift)?;
+        let emb = self.time_embedding.forward(&time_features.to_dtype(dtype)?)?;
+        let time_ids = cond.time_ids.to_dtype(DType::F32)?.flatten_all()?;
+        let time_id_features = timestep_features(&time_ids, self.addition_time_embed_dim, true, 0.0)?.reshape((cond.text_embeds.dim(0)?, ()))?;
+        let text_time = Tensor::cat(&[&cond.text_embeds.to_dtype(dtype)?, &time_id_features.to_dtype(dtype)?], 1)?;
+        Ok((emb + self.add_embedding.forward(&text_time)?)?)
+    }
+}
+
+/// The UNet's encoder half: `conv_in`, the down blocks and the mid block. A ControlNet has
+/// the same (its weights start as a copy of the UNet's).
+pub(crate) struct UNetEncoder {
+    pub(crate) conv_in: PatchableConv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
+}
+
+impl UNetEncoder {
+    /// From `conv_in`'s output: the mid block's output and every skip (conv_in's output first,
+    /// then each down block's resnets and downsampler).
+    pub(crate) fn forward(&self, mut hidden: Tensor, emb: &Tensor, context: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut skips = vec![hidden.clone()];
+        for block in &self.down_blocks {
+            let (out, block_skips) = block.forward(&hidden, emb, context)?;
+            hidden = out;
+            skips.extend(block_skips);
+        }
+        Ok((self.mid_block.forward(&hidden, emb, context)?, skips))
+    }
+
+    /// Channels of each skip, in the order `forward` returns them.
+    pub(crate) fn skip_channels(&self, config: &UNetConfig) -> Vec<usize> {
+        let channels = &config.block_out_channels;
+        let mut widths = vec![channels[0]];
+        for (level, &width) in channels.iter().enumerate() {
+            widths.extend(std::iter::repeat(width).take(config.layers_per_block));
+            if level + 1 < channels.len() {
+                widths.push(width);
+            }
+        }
+        widths
+    }
+}
+
+/// How each level's transformers are shaped (None: a level without cross-attention).
+fn attention_spec(config: &UNetConfig, level: usize, cross: bool) -> Result<Option<AttentionSpec>> {
+    if !cross {
+        return Ok(None);
+    }
+    Ok(Some(AttentionSpec {
+        heads: config.heads(level)?,
+        depth: config.transformer_layers_per_block.for_block(level, config.block_out_channels.len())?,
+        context_dim: config.cross_attention_dim,
+        use_linear_projection: config.use_linear_projection,
+    }))
+}
+
+pub(crate) fn build_encoder(vb: &VarBuilder, config: &UNetConfig) -> Result<UNetEncoder> {
+    let channels = &config.block_out_channels;
+    let blocks = channels.len();
+    let time_embed_dim = channels[0] * 4;
+    let mut down_blocks = Vec::new();
+    let mut output_channels = channels[0];
+    for (i, kind) in config.down_block_types.iter().enumerate() {
+        let input_channels = output_channels;
+        output_channels = channels[i];
+        let spec = BlockSpec {
+            in_channels: input_channels,
+            out_channels: output_channels,
+            temb_channels: time_embed_dim,
+            num_layers: config.layers_per_block,
+            groups: config.norm_num_groups,
+            eps: config.norm_eps,
+            attention: attention_spec(config, i, kind == "CrossAttnDownBlock2D")?,
+        };
+        down_blocks.push(DownBlock::new(vb.pp(format!("down_blocks.{i}")), &spec, i + 1 < blocks)?);
+    }
+    let mid_attention = attention_spec(config, blocks - 1, true)?.ok_or_else(|| Error::Internal("mid block without attention".into()))?;
+    let mid_block = MidBlock::new(vb.pp("mid_block"), channels[blocks - 1], time_embed_dim, config.norm_num_groups, config.norm_eps, mid_attention)?;
+    Ok(UNetEncoder { conv_in: conv3x3(vb.pp("conv_in"), config.in_channels, channels[0], 1, 1)?, down_blocks, mid_block })
+}
+
+pub struct UNet2DConditionModel {
+    config: UNetConfig,
+    embedding: TimeTextEmbedding,
+    encoder: UNetEncoder,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: PatchableConv2d,
@@ -194,45 +304,8 @@ impl UNet2DConditionModel {
         let channels = &config.block_out_channels;
         let blocks = channels.len();
         let time_embed_dim = channels[0] * 4;
-        let groups = config.norm_num_groups;
-        let depth = |i: usize| config.transformer_layers_per_block.for_block(i, blocks);
-        let attention = |i: usize, cross: bool| -> Result<Option<AttentionSpec>> {
-            if !cross {
-                return Ok(None);
-            }
-            Ok(Some(AttentionSpec {
-                heads: config.heads(i)?,
-                depth: depth(i)?,
-                context_dim: config.cross_attention_dim,
-                use_linear_projection: config.use_linear_projection,
-            }))
-        };
-
-        let mut down_blocks = Vec::new();
-        let mut output_channels = channels[0];
-        for (i, kind) in config.down_block_types.iter().enumerate() {
-            let input_channels = output_channels;
-            output_channels = channels[i];
-            let spec = BlockSpec {
-                in_channels: input_channels,
-                out_channels: output_channels,
-                temb_channels: time_embed_dim,
-                num_layers: config.layers_per_block,
-                groups,
-                eps: config.norm_eps,
-                attention: attention(i, kind == "CrossAttnDownBlock2D")?,
-            };
-            down_blocks.push(DownBlock::new(vb.pp(format!("down_blocks.{i}")), &spec, i + 1 < blocks)?);
-        }
-
-        let mid_attention = AttentionSpec {
-            heads: config.heads(blocks - 1)?,
-            depth: depth(blocks - 1)?,
-            context_dim: config.cross_attention_dim,
-            use_linear_projection: config.use_linear_projection,
-        };
-        let mid_block = MidBlock::new(vb.pp("mid_block"), channels[blocks - 1], time_embed_dim, groups, config.norm_eps, mid_attention)?;
-
+        let embedding = TimeTextEmbedding::new(&vb, config)?;
+        let encoder = build_encoder(&vb, config)?;
         let reversed: Vec<usize> = channels.iter().rev().cloned().collect();
         let mut up_blocks = Vec::new();
         let mut prev_output = reversed[0];
@@ -245,26 +318,19 @@ impl UNet2DConditionModel {
                 out_channels,
                 temb_channels: time_embed_dim,
                 num_layers: config.layers_per_block + 1,
-                groups,
+                groups: config.norm_num_groups,
                 eps: config.norm_eps,
-                attention: attention(level, kind == "CrossAttnUpBlock2D")?,
+                attention: attention_spec(config, level, kind == "CrossAttnUpBlock2D")?,
             };
             up_blocks.push(UpBlock::new(vb.pp(format!("up_blocks.{i}")), &spec, prev_output, i + 1 < blocks)?);
             prev_output = out_channels;
         }
-
-        let text_time_dim = config
-            .projection_class_embeddings_input_dim
-            .ok_or_else(|| Error::ModelLoad("UNet config lacks projection_class_embeddings_input_dim".into()))?;
         Ok(Self {
             config: config.clone(),
-            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), channels[0], time_embed_dim)?,
-            add_embedding: TimestepEmbedding::new(vb.pp("add_embedding"), text_time_dim, time_embed_dim)?,
-            conv_in: conv3x3(vb.pp("conv_in"), config.in_channels, channels[0], 1, 1)?,
-            down_blocks,
-            mid_block,
+            embedding,
+            encoder,
             up_blocks,
-            conv_norm_out: GroupNorm::new(groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(config.norm_num_groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(vb.pp("conv_out"), channels[0], config.out_channels, 1, 1)?,
         })
     }
@@ -284,28 +350,9 @@ impl UNet2DConditionModel {
         cond: &UNetConditioning,
         residuals: Option<&AdditionalResiduals>,
     ) -> Result<Tensor> {
-        let batch = sample.dim(0)?;
-        let device = sample.device();
-        let dtype = sample.dtype();
-
-        let timesteps = Tensor::full(timestep as f32, batch, device)?;
-        let time_features = timestep_features(&timesteps, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)?;
-        let mut emb = self.time_embedding.forward(&time_features.to_dtype(dtype)?)?;
-
-        let time_ids = cond.time_ids.to_dtype(DType::F32)?.flatten_all()?;
-        let time_id_features = timestep_features(&time_ids, self.config.addition_time_embed_dim(), true, 0.0)?
-            .reshape((cond.text_embeds.dim(0)?, ()))?;
-        let text_time = Tensor::cat(&[&cond.text_embeds.to_dtype(dtype)?, &time_id_features.to_dtype(dtype)?], 1)?;
-        emb = (emb + self.add_embedding.forward(&text_time)?)?;
-
+        let emb = self.embedding.forward(sample, timestep, cond)?;
         let context = cond.encoder_hidden_states;
-        let mut hidden = self.conv_in.forward(sample)?;
-        let mut skips = vec![hidden.clone()];
-        for block in &self.down_blocks {
-            let (out, block_skips) = block.forward(&hidden, &emb, context)?;
-            hidden = out;
-            skips.extend(block_skips);
-        }
+        let (mut hidden, mut skips) = self.encoder.forward(self.encoder.conv_in.forward(sample)?, &emb, context)?;
         if let Some(residuals) = residuals {
             if residuals.down.len() != skips.len() {
                 return Err(Error::Internal(format!(
@@ -317,9 +364,6 @@ impl UNet2DConditionModel {
             for (skip, residual) in skips.iter_mut().zip(&residuals.down) {
                 *skip = (&*skip + residual)?;
             }
-        }
-        hidden = self.mid_block.forward(&hidden, &emb, context)?;
-        if let Some(residuals) = residuals {
             hidden = (hidden + &residuals.mid)?;
         }
 

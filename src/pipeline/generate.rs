@@ -17,8 +17,9 @@ use crate::api::StageTimes;
 use crate::error::{Error, Result};
 use crate::loader::vae::VaeModel;
 use crate::loader::SdxlModel;
-use crate::models::offload::Placement;
-use crate::models::{AutoencoderKL, UNetConditioning, VaeTiling};
+use crate::models::offload::{OnDevice, Placement};
+use crate::models::unet_2d_condition::AdditionalResiduals;
+use crate::models::{AutoencoderKL, ControlNetModel, UNetConditioning, VaeTiling};
 use crate::rng::NormalKernel;
 use crate::schedulers::{build_scheduler, Scheduler};
 
@@ -90,18 +91,66 @@ impl<'a> VaeChoice<'a> {
     }
 }
 
+/// One ControlNet of a request (diffusers `StableDiffusionXLControlNetPipeline`, guess mode
+/// off): its network, its control image, its scale and the part of the steps it guides.
+pub struct ControlGuidance<'a> {
+    pub network: &'a Placement<ControlNetModel>,
+    /// (1, 3, H, W) float32 in [0, 1] at the output size (`image::control::control_tensor`).
+    pub image: Tensor,
+    pub conditioning_scale: f64,
+    /// diffusers' `control_guidance_start` / `_end`: fractions of the denoising steps.
+    pub guidance_start: f64,
+    pub guidance_end: f64,
+}
+
 /// The networks one request runs.
 pub struct PipelineModels<'a> {
     pub base: &'a SdxlModel,
     /// Required when the plan names a refiner.
     pub refiner: Option<&'a SdxlModel>,
     pub vae: VaeChoice<'a>,
+    /// Their residuals add up (diffusers' `MultiControlNetModel`); they guide the base only.
+    pub controlnets: Vec<ControlGuidance<'a>>,
 }
 
 impl<'a> PipelineModels<'a> {
     pub fn base_only(model: &'a SdxlModel) -> Self {
-        Self { base: model, refiner: None, vae: VaeChoice::of(model) }
+        Self { base: model, refiner: None, vae: VaeChoice::of(model), controlnets: Vec::new() }
     }
+}
+
+/// A ControlNet on the device for the whole loop, its control image in the UNet's rows.
+struct ActiveControl<'a> {
+    network: OnDevice<'a, ControlNetModel>,
+    image: Tensor,
+    guidance: &'a ControlGuidance<'a>,
+}
+
+impl ActiveControl<'_> {
+    /// diffusers' `controlnet_keep` for step `position` of `steps`: 1 inside
+    /// [guidance_start, guidance_end] of the steps, 0 outside.
+    fn keep(&self, position: usize, steps: usize) -> f64 {
+        let (before, after) = (position as f64 / steps as f64, (position + 1) as f64 / steps as f64);
+        if before < self.guidance.guidance_start || after > self.guidance.guidance_end {
+            0.0
+        } else {
+            1.0
+        }
+    }
+}
+
+/// Brings each ControlNet onto the device and lays its control image out as the UNet's rows:
+/// the image per batch entry, twice under CFG.
+fn activate_controls<'a>(controls: &'a [ControlGuidance<'a>], plan: &GenerationPlan, dtype: DType) -> Result<Vec<ActiveControl<'a>>> {
+    let batch = plan.batch_size as usize;
+    let rows = if plan.guidance_scale > 1.0 { 2 * batch } else { batch };
+    controls
+        .iter()
+        .map(|guidance| {
+            let image = guidance.image.repeat((rows, 1, 1, 1))?.to_dtype(dtype)?;
+            Ok(ActiveControl { network: guidance.network.on_device()?, image, guidance })
+        })
+        .collect()
 }
 
 /// The first denoising index img2img starts at (`get_timesteps` in diffusers).
@@ -206,6 +255,7 @@ struct DenoisingStage<'a> {
     model: &'a SdxlModel,
     conditioning: &'a StageConditioning,
     stage: Stage,
+    controls: &'a [ActiveControl<'a>],
 }
 
 impl DenoisingStage<'_> {
@@ -239,7 +289,21 @@ impl DenoisingStage<'_> {
             ctx.report(self.stage, 0, (model_calls / order as u32).min(total_steps), total_steps, model_calls)?;
             let model_input = if guidance { Tensor::cat(&[&latents, &latents], 0)? } else { latents.clone() };
             let model_input = scheduler.scale_model_input(&model_input, index)?.to_dtype(self.model.dtype)?;
-            let noise_pred = self.model.unet.forward(&model_input, timestep, &conditioning)?.to_dtype(DType::F32)?;
+            // The ControlNets see exactly the UNet's inputs; one whose share of the steps is over
+            // (or whose scale is 0) adds nothing, so it does not run.
+            let mut residuals: Option<AdditionalResiduals> = None;
+            for control in self.controls {
+                let scale = control.guidance.conditioning_scale * control.keep(index - range.start, range.len());
+                if scale == 0.0 {
+                    continue;
+                }
+                let these = control.network.forward(&model_input, timestep, &conditioning, &control.image, scale)?;
+                residuals = Some(match residuals {
+                    Some(sum) => sum.add(&these)?,
+                    None => these,
+                });
+            }
+            let noise_pred = self.model.unet.forward_with_additional_residuals(&model_input, timestep, &conditioning, residuals.as_ref())?.to_dtype(DType::F32)?;
             model_calls += 1;
             let noise_pred = if guidance {
                 let uncond = noise_pred.narrow(0, 0, batch)?;
@@ -337,9 +401,11 @@ pub fn generate(
     if end_index <= start_index {
         return Err(Error::validation("refiner.denoising_start", "the base gets no denoising step before the hand-over; raise denoising_start or the steps"));
     }
-    let base_stage = DenoisingStage { model, conditioning: &base_conditioning, stage: Stage::Denoise };
+    let controls = activate_controls(&models.controlnets, plan, model.dtype)?;
+    let base_stage = DenoisingStage { model, conditioning: &base_conditioning, stage: Stage::Denoise, controls: &controls };
     let (mut latents, mut model_calls, steps_run) =
         base_stage.run(plan, scheduler.as_mut(), start_index..end_index, latents, &mut noise, ctx, intermediates.as_deref_mut())?;
+    drop(controls);
     stage_times.denoise = denoise_start.elapsed().as_secs_f64();
 
     // The refiner finishes from the base's latents (never decoded in between).
@@ -377,7 +443,7 @@ pub fn generate(
                 record.initial_noise = Some(latents.clone());
             }
         }
-        let refiner_stage = DenoisingStage { model: refiner, conditioning: &refiner_conditioning, stage: Stage::Refine };
+        let refiner_stage = DenoisingStage { model: refiner, conditioning: &refiner_conditioning, stage: Stage::Refine, controls: &[] };
         let (refined, calls, steps) = refiner_stage.run(plan, refiner_scheduler.as_mut(), start..total, latents, &mut noise, ctx, record)?;
         latents = refined;
         model_calls += calls;

@@ -5,5 +5,5 @@ pub mod noise;
 pub mod progress;
 pub mod text_conditioning;
 
-pub use generate::{decode_latents, generate, GeneratedBatch, Intermediates, PipelineModels, RunContext, VaeChoice};
+pub use generate::{decode_latents, generate, ControlGuidance, GeneratedBatch, Intermediates, PipelineModels, RunContext, VaeChoice};
 pub use progress::{NoProgress, ProgressEvent, ProgressObserver, Stage};
