@@ -13,6 +13,10 @@
 // errors, never written as null (the engine's default). negative_prompt is sent as the seed sent
 // it: "" when the caller gave none, which the seed's worker (and the engine) encode as text, as
 // diffusers does for "".
+// ControlNet: one ControlNetConfiguration goes out as the seed's single `controlnet` object (now
+// with `model`, and guidance_start/end and preprocessor thresholds when set), several as an array
+// of such objects (the seed sent the first only); a type other than canny gets the preprocessor
+// off unless the caller set it, because the engine ships only the canny preprocessor.
 
 using System;
 using System.Collections.Generic;
@@ -198,7 +202,8 @@ namespace DeviceOperations.Sdxl
 
         /// <summary>The seed's checks and messages, each with the JSON path the engine would
         /// name, plus what the seed let through to a silent default: NaN or infinite numbers (and
-        /// a RefinerMode or VaeTilingMode cast from an undefined number).
+        /// a RefinerMode or VaeTilingMode cast from an undefined number), ControlNet numbers
+        /// included (`controlnet.&lt;field&gt;`, or `controlnet[i].&lt;field&gt;` when several are sent).
         /// Empty when the request is valid.</summary>
         public List<SdxlFieldError> ValidateRequestFields(EnhancedSDXLRequest request)
         {
@@ -250,10 +255,19 @@ namespace DeviceOperations.Sdxl
                     }
                 }
             }
-            var controlnet = conditioning == null || conditioning.ControlNets == null ? null : conditioning.ControlNets.FirstOrDefault(c => c != null);
-            if (controlnet != null && !IsFinite(controlnet.Weight))
+            var controlnets = SentControlNets(conditioning == null ? null : conditioning.ControlNets);
+            for (var index = 0; index < controlnets.Count; index++)
             {
-                errors.Add(new SdxlFieldError("controlnet.conditioning_scale", "ControlNet weight " + Show(controlnet.Weight) + " must be a finite number"));
+                var controlnet = controlnets[index];
+                var path = ControlNetField(index, controlnets.Count);
+                CheckFinite(errors, path + ".conditioning_scale", "ControlNet weight", controlnet.Weight);
+                CheckFinite(errors, path + ".guidance_start", "ControlNet guidance start", controlnet.GuidanceStart);
+                CheckFinite(errors, path + ".guidance_end", "ControlNet guidance end", controlnet.GuidanceEnd);
+                if (controlnet.Preprocessor != null)
+                {
+                    CheckFinite(errors, path + ".preprocessor.low_threshold", "Canny low threshold", controlnet.Preprocessor.LowThreshold);
+                    CheckFinite(errors, path + ".preprocessor.high_threshold", "Canny high threshold", controlnet.Preprocessor.HighThreshold);
+                }
             }
             var upscale = FindUpscaleStep(request == null ? null : request.PostProcessing);
             if (upscale != null && !IsFinite(upscale.Factor))
@@ -408,20 +422,79 @@ namespace DeviceOperations.Sdxl
                     .Add("weight", Clamp.Value(lora.Weight, -2.0, 2.0))).ToList());
         }
 
-        private static JsonObject TransformControlNetConfiguration(List<ControlNetConfiguration> controlnets)
+        /// <summary>The ControlNets that go out, null entries skipped: their positions are the
+        /// `controlnet[i]` of the request and of its field errors.</summary>
+        private static List<ControlNetConfiguration> SentControlNets(List<ControlNetConfiguration> controlnets)
         {
-            var primary = controlnets == null ? null : controlnets.FirstOrDefault(c => c != null);
-            if (primary == null)
+            return controlnets == null ? new List<ControlNetConfiguration>() : controlnets.Where(c => c != null).ToList();
+        }
+
+        /// <summary>`controlnet` when one ControlNet is sent, `controlnet[i]` when several: the
+        /// engine's own paths for the shape written.</summary>
+        private static string ControlNetField(int index, int count)
+        {
+            return count == 1 ? "controlnet" : "controlnet[" + index.ToString(CultureInfo.InvariantCulture) + "]";
+        }
+
+        /// <summary>None: {"enabled": false}. One: the seed's single object. Several: an array of
+        /// those objects in order (the seed sent only the first).</summary>
+        private static object TransformControlNetConfiguration(List<ControlNetConfiguration> controlnets)
+        {
+            var sent = SentControlNets(controlnets);
+            if (sent.Count == 0)
             {
                 return new JsonObject().Add("enabled", false);
             }
-            // The seed uses the first ControlNet only.
+            if (sent.Count == 1)
+            {
+                return TransformControlNet(sent[0]);
+            }
+            return sent.Select(TransformControlNet).ToList();
+        }
+
+        private static JsonObject TransformControlNet(ControlNetConfiguration controlnet)
+        {
+            var type = ControlNetType(controlnet);
             return new JsonObject()
                 .Add("enabled", true)
-                .Add("type", InferControlNetType(primary.ModelPath))
-                .Add("conditioning_scale", Clamp.Value(primary.Weight, 0.0, 2.0))
-                .Add("control_image", primary.ConditioningImage)
-                .Add("preprocessor", new JsonObject().Add("enabled", true).Add("resolution", 512));
+                .Add("model", string.IsNullOrEmpty(controlnet.ModelPath) ? null : controlnet.ModelPath)
+                .Add("type", type)
+                .Add("conditioning_scale", Clamp.Value(controlnet.Weight, 0.0, 2.0))
+                .Add("control_image", controlnet.ConditioningImage)
+                .Add("guidance_start", controlnet.GuidanceStart)
+                .Add("guidance_end", controlnet.GuidanceEnd)
+                .Add("preprocessor", TransformPreprocessor(controlnet.Preprocessor, type));
+        }
+
+        /// <summary>Type when set (lowercased: the engine's names are), else the seed's inference
+        /// from the file name.</summary>
+        public static string ControlNetType(ControlNetConfiguration controlnet)
+        {
+            if (controlnet == null)
+            {
+                return null;
+            }
+            return string.IsNullOrWhiteSpace(controlnet.Type)
+                ? InferControlNetType(controlnet.ModelPath)
+                : controlnet.Type.Trim().ToLowerInvariant();
+        }
+
+        /// <summary>The seed always sent {enabled: true, resolution: 512}, which its worker ran
+        /// with a preprocessor model per type. The engine has only the canny preprocessor and
+        /// answers UNSUPPORTED to any other enabled one, so a non-canny ControlNet whose caller
+        /// did not choose gets {enabled: false}: its control image is used as given (an
+        /// already-processed depth map, pose skeleton, ...).</summary>
+        private static JsonObject TransformPreprocessor(ControlNetPreprocessorConfiguration preprocessor, string type)
+        {
+            var enabled = preprocessor != null && preprocessor.Enabled.HasValue
+                ? preprocessor.Enabled.Value
+                : type == "canny";
+            var resolution = preprocessor == null ? null : preprocessor.Resolution;
+            return new JsonObject()
+                .Add("enabled", enabled)
+                .Add("resolution", resolution ?? (enabled ? 512 : (int?)null))
+                .Add("low_threshold", preprocessor == null ? null : preprocessor.LowThreshold)
+                .Add("high_threshold", preprocessor == null ? null : preprocessor.HighThreshold);
         }
 
         private static JsonObject TransformUpscaleConfiguration(List<PostProcessingStep> postProcessing)

@@ -139,6 +139,33 @@ namespace DeviceOperations.Sdxl
                     Overlap = Json.GetDouble(tiling, "overlap") ?? 0.0,
                 };
             }
+            foreach (var item in Json.GetArray(modelInfo, "controlnets") ?? new List<object>())
+            {
+                var controlnet = item as Dictionary<string, object>;
+                if (controlnet == null)
+                {
+                    continue;
+                }
+                var info = new SdxlControlNetInfo
+                {
+                    Type = Json.GetString(controlnet, "type"),
+                    Model = Json.GetString(controlnet, "model"),
+                    ConditioningScale = Json.GetDouble(controlnet, "conditioning_scale") ?? 0.0,
+                    GuidanceStart = Json.GetDouble(controlnet, "guidance_start") ?? 0.0,
+                    GuidanceEnd = Json.GetDouble(controlnet, "guidance_end") ?? 1.0,
+                };
+                var canny = Json.GetObject(controlnet, "canny");
+                if (canny != null)
+                {
+                    info.Canny = new SdxlCannySettings
+                    {
+                        LowThreshold = Json.GetDouble(canny, "low_threshold") ?? 0.0,
+                        HighThreshold = Json.GetDouble(canny, "high_threshold") ?? 0.0,
+                        Resolution = Json.GetInt(canny, "resolution"),
+                    };
+                }
+                result.ControlNets.Add(info);
+            }
             var stageTimes = Json.GetObject(metrics, "stage_times");
             if (stageTimes != null)
             {

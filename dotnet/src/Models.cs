@@ -105,13 +105,47 @@ namespace DeviceOperations.Sdxl
         public double Weight { get; set; } = 1.0;
     }
 
+    /// <summary>One entry of the request's `controlnet` (the seed's members, then ours: each
+    /// null member keeps the seed's or the engine's default).</summary>
     public class ControlNetConfiguration
     {
-        /// <summary>Path of the ControlNet; its type (canny, depth, ...) is inferred from the file name.</summary>
+        /// <summary>Path or name of the ControlNet (`controlnet.model`: a diffusers folder, a
+        /// single file, or a name under the engine's models_dir); null or empty: the engine's
+        /// `&lt;models_dir&gt;/controlnet/&lt;type&gt;`. Its file name gives the type unless Type is set.</summary>
         public string ModelPath { get; set; }
+        /// <summary>`controlnet.conditioning_scale`, clamped to 0..2 as the seed did.</summary>
         public double Weight { get; set; } = 1.0;
-        /// <summary>Path or base64 of the conditioning image.</summary>
+        /// <summary>Path or base64 (a data: URI too) of the conditioning image; resized to the
+        /// request's size (a warning says so).</summary>
         public string ConditioningImage { get; set; }
+        /// <summary>canny, depth, pose, scribble, normal, seg or lineart (sent lowercased); null
+        /// or empty: inferred from ModelPath's file name as the seed did (canny when nothing matches).</summary>
+        public string Type { get; set; }
+        /// <summary>Fraction of the schedule at which the ControlNet starts guiding, in [0, 1);
+        /// null: 0 (diffusers' control_guidance_start).</summary>
+        public double? GuidanceStart { get; set; }
+        /// <summary>Fraction of the schedule at which it stops, in (GuidanceStart, 1]; null: 1.</summary>
+        public double? GuidanceEnd { get; set; }
+        /// <summary>`controlnet.preprocessor`; null: the seed's {enabled: true, resolution: 512}
+        /// for canny, {enabled: false} for every other type (the engine ships only the canny
+        /// preprocessor: send an already-processed depth/pose/... image).</summary>
+        public ControlNetPreprocessorConfiguration Preprocessor { get; set; }
+    }
+
+    /// <summary>The request's `controlnet.preprocessor`: turns the control image into the
+    /// ControlNet's input on the engine's side (canny edges only).</summary>
+    public class ControlNetPreprocessorConfiguration
+    {
+        /// <summary>null: true for canny, false for other types. True with a type other than
+        /// canny is refused by the engine (UNSUPPORTED, field `controlnet.preprocessor`).</summary>
+        public bool? Enabled { get; set; }
+        /// <summary>Pixels of the image's short side the edges are found at (64-4096); null: 512
+        /// when enabled, as the seed sent.</summary>
+        public int? Resolution { get; set; }
+        /// <summary>Canny hysteresis thresholds (0 &lt;= low &lt;= high &lt;= 10000); null: the
+        /// engine's 100 and 200.</summary>
+        public double? LowThreshold { get; set; }
+        public double? HighThreshold { get; set; }
     }
 
     public class ModelConfiguration
@@ -234,6 +268,32 @@ namespace DeviceOperations.Sdxl
         public string VaeDtype { get; set; }
         /// <summary>model_info.vae_tiling: the tile layout used; null when the VAE ran untiled.</summary>
         public SdxlVaeTiling VaeTiling { get; set; }
+        /// <summary>model_info.controlnets: the ControlNets that guided the request, in request
+        /// order; empty without any.</summary>
+        public List<SdxlControlNetInfo> ControlNets { get; set; } = new List<SdxlControlNetInfo>();
+    }
+
+    /// <summary>One entry of model_info.controlnets: a ControlNet as the engine ran it.</summary>
+    public sealed class SdxlControlNetInfo
+    {
+        /// <summary>"canny", "depth", ...</summary>
+        public string Type { get; set; }
+        /// <summary>The model the request named; null when the engine's default for the type was used.</summary>
+        public string Model { get; set; }
+        public double ConditioningScale { get; set; }
+        public double GuidanceStart { get; set; }
+        public double GuidanceEnd { get; set; }
+        /// <summary>The canny preprocessor's settings; null when the control image was used as given.</summary>
+        public SdxlCannySettings Canny { get; set; }
+    }
+
+    /// <summary>model_info.controlnets[i].canny.</summary>
+    public sealed class SdxlCannySettings
+    {
+        public double LowThreshold { get; set; }
+        public double HighThreshold { get; set; }
+        /// <summary>Null when the edges were found at the request's own size.</summary>
+        public int? Resolution { get; set; }
     }
 
     /// <summary>processing_metrics.stage_times: wall seconds per stage.</summary>

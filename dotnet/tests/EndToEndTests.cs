@@ -459,6 +459,97 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.True(refine.All(r => r.RequestId == response.RequestId), "Refine reports carry the request id");
             });
 
+            runner.AddAsync("e2e_tiny_canny_controlnet_guides_the_builtin_base_and_is_reported_in_model_info", async () =>
+            {
+                var engine = Engine();
+                var fixtures = Path.Combine(Path.Combine(AbiTests.RepoRoot(), "tests"), "fixtures");
+                var controlnetPath = Path.Combine(fixtures, "tiny-controlnet-canny");
+                var controlImage = Path.Combine(Path.Combine(fixtures, "reference"), "control_canny_128.png");
+                Assert.True(Directory.Exists(controlnetPath), "ControlNet fixture missing: " + controlnetPath);
+                Assert.True(File.Exists(controlImage), "control image fixture missing: " + controlImage);
+                var request = TinyRequest(2);
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration>
+                {
+                    new ControlNetConfiguration { ModelPath = controlnetPath, Weight = 0.7, ConditioningImage = controlImage },
+                };
+                var response = await engine.GenerateAsync(request);
+                Assert.True(response.Success, "generation with the ControlNet failed: " + response.ErrorCode + " " + response.Error
+                    + " [" + string.Join("; ", response.FieldErrors) + "]");
+                Assert.Equal(1, response.Images.Count, "image count");
+                Assert.True(File.Exists(response.Images[0].Path), "no file at " + response.Images[0].Path);
+                Assert.Equal(256, response.Images[0].Width, "width");
+                Assert.True(response.Warnings.Any(w => w.Contains("controlnet.control_image") && w.Contains("resized")),
+                    "a warning says the 128² control image was resized: " + string.Join("; ", response.Warnings));
+                var controlnets = response.Metrics.ControlNets;
+                Assert.Equal(1, controlnets.Count, "model_info.controlnets entries");
+                Assert.Equal("canny", controlnets[0].Type, "Type (inferred from the folder name)");
+                Assert.Equal(controlnetPath, controlnets[0].Model, "Model");
+                Assert.Equal(0.7, controlnets[0].ConditioningScale, "ConditioningScale");
+                Assert.Equal(0.0, controlnets[0].GuidanceStart, "GuidanceStart (default)");
+                Assert.Equal(1.0, controlnets[0].GuidanceEnd, "GuidanceEnd (default)");
+                Assert.True(controlnets[0].Canny != null, "Canny: the seed's preprocessor ran");
+                Assert.Equal((int?)512, controlnets[0].Canny.Resolution, "Canny.Resolution (the seed's 512)");
+            });
+
+            runner.AddAsync("e2e_a_depth_controlnet_runs_with_the_preprocessor_off_by_default_and_an_enabled_one_is_unsupported", async () =>
+            {
+                var engine = Engine();
+                var fixtures = Path.Combine(Path.Combine(AbiTests.RepoRoot(), "tests"), "fixtures");
+                var controlnetPath = Path.Combine(fixtures, "tiny-controlnet-depth");
+                var depthImage = Path.Combine(Path.Combine(fixtures, "reference"), "control_depth_128.png");
+                Assert.True(Directory.Exists(controlnetPath), "ControlNet fixture missing: " + controlnetPath);
+                var request = TinyRequest(2);
+                var controlnet = new ControlNetConfiguration { ModelPath = controlnetPath, Weight = 1.2, ConditioningImage = depthImage };
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration> { controlnet };
+                var response = await engine.GenerateAsync(request);
+                Assert.True(response.Success, "depth ControlNet with the default preprocessor failed: " + response.ErrorCode + " " + response.Error);
+                Assert.Equal(1, response.Metrics.ControlNets.Count, "model_info.controlnets entries");
+                Assert.Equal("depth", response.Metrics.ControlNets[0].Type, "Type (inferred from the folder name)");
+                Assert.Equal(1.2, response.Metrics.ControlNets[0].ConditioningScale, "ConditioningScale");
+                Assert.True(response.Metrics.ControlNets[0].Canny == null, "no preprocessor ran on the depth map");
+
+                controlnet.Preprocessor = new ControlNetPreprocessorConfiguration { Enabled = true };
+                response = await engine.GenerateAsync(request);
+                Assert.Equal(false, response.Success, "Success with a depth preprocessor");
+                Assert.Equal("UNSUPPORTED", response.ErrorCode, "ErrorCode (" + response.Error + ")");
+                Assert.SequenceEqual(new[] { "controlnet.preprocessor" }, response.FieldErrors.Select(f => f.Field), "fields (" + response.Error + ")");
+            });
+
+            runner.AddAsync("e2e_canny_and_depth_controlnets_together_are_sent_as_an_array_and_reported_in_order", async () =>
+            {
+                var engine = Engine();
+                var fixtures = Path.Combine(Path.Combine(AbiTests.RepoRoot(), "tests"), "fixtures");
+                var reference = Path.Combine(fixtures, "reference");
+                var request = TinyRequest(2);
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration>
+                {
+                    new ControlNetConfiguration { ModelPath = Path.Combine(fixtures, "tiny-controlnet-canny"), Weight = 0.5, ConditioningImage = Path.Combine(reference, "control_canny_128.png"), GuidanceEnd = 0.5 },
+                    new ControlNetConfiguration { ModelPath = Path.Combine(fixtures, "tiny-controlnet-depth"), Weight = 0.8, ConditioningImage = Path.Combine(reference, "control_depth_128.png") },
+                };
+                var response = await engine.GenerateAsync(request);
+                Assert.True(response.Success, "two ControlNets failed: " + response.ErrorCode + " " + response.Error + " [" + string.Join("; ", response.FieldErrors) + "]");
+                var controlnets = response.Metrics.ControlNets;
+                Assert.SequenceEqual(new[] { "canny", "depth" }, controlnets.Select(c => c.Type), "types in request order");
+                Assert.SequenceEqual(new[] { 0.5, 0.8 }, controlnets.Select(c => c.ConditioningScale), "scales in request order");
+                Assert.SequenceEqual(new[] { 0.5, 1.0 }, controlnets.Select(c => c.GuidanceEnd), "guidance ends");
+                Assert.True(response.Warnings.Any(w => w.Contains("controlnet[1].control_image")), "warnings name the array entry: " + string.Join("; ", response.Warnings));
+            });
+
+            runner.AddAsync("e2e_a_control_image_that_does_not_exist_is_a_validation_error_on_controlnet_control_image", async () =>
+            {
+                var engine = Engine();
+                var controlnetPath = Path.Combine(Path.Combine(Path.Combine(AbiTests.RepoRoot(), "tests"), "fixtures"), "tiny-controlnet-canny");
+                var request = TinyRequest(2);
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration>
+                {
+                    new ControlNetConfiguration { ModelPath = controlnetPath, ConditioningImage = Path.Combine(_outputDir, "no-such-control-image.png") },
+                };
+                var response = await engine.GenerateAsync(request);
+                Assert.Equal(false, response.Success, "Success");
+                Assert.Equal("VALIDATION_ERROR", response.ErrorCode, "ErrorCode (" + response.Error + ")");
+                Assert.SequenceEqual(new[] { "controlnet.control_image" }, response.FieldErrors.Select(f => f.Field), "fields (" + response.Error + ")");
+            });
+
             runner.AddAsync("e2e_generate_and_the_service_validate_alike_and_never_replace_a_scheduler", async () =>
             {
                 var engine = Engine();

@@ -85,6 +85,50 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.Equal(10.0, plain.StageTimes.Denoise, "StageTimes.Denoise");
             });
 
+            runner.Add("response_maps_model_info_controlnets_in_order_with_their_canny_settings", () =>
+            {
+                const string guided =
+                    "{\"request_id\":\"r-6\",\"success\":true,\"data\":{\"generated_images\":[]," +
+                    "\"processing_metrics\":{\"total_time\":1.0,\"inference_time\":0.9,\"device_name\":\"cpu\",\"memory_used\":1," +
+                    "\"model_info\":{\"base_model\":\"sdxl-base\",\"controlnets\":[" +
+                    "{\"type\":\"canny\",\"model\":\"/m/controlnet-canny\",\"conditioning_scale\":0.7,\"guidance_start\":0.0,\"guidance_end\":1.0," +
+                    "\"canny\":{\"low_threshold\":100.0,\"high_threshold\":200.0,\"resolution\":512}}," +
+                    "{\"type\":\"depth\",\"model\":null,\"conditioning_scale\":1.5,\"guidance_start\":0.25,\"guidance_end\":0.75,\"canny\":null}," +
+                    "{\"type\":\"canny\",\"model\":\"cn\",\"conditioning_scale\":1,\"guidance_start\":0,\"guidance_end\":1," +
+                    "\"canny\":{\"low_threshold\":50.5,\"high_threshold\":150,\"resolution\":null}}]}," +
+                    "\"unet_calls\":2,\"iterations_per_second\":2.0}}," +
+                    "\"error\":null,\"error_code\":null,\"error_number\":null,\"field_errors\":[],\"warnings\":[],\"execution_time\":1.1,\"timestamp\":1.0}";
+                var metrics = new EnhancedResponseHandler().HandleEnhancedResponse(guided, "fallback").EnsureSuccess().Metrics;
+                Assert.Equal(3, metrics.ControlNets.Count, "ControlNets");
+                var canny = metrics.ControlNets[0];
+                Assert.Equal("canny", canny.Type, "[0].Type");
+                Assert.Equal("/m/controlnet-canny", canny.Model, "[0].Model");
+                Assert.Equal(0.7, canny.ConditioningScale, "[0].ConditioningScale");
+                Assert.Equal(0.0, canny.GuidanceStart, "[0].GuidanceStart");
+                Assert.Equal(1.0, canny.GuidanceEnd, "[0].GuidanceEnd");
+                Assert.True(canny.Canny != null, "[0].Canny");
+                Assert.Equal(100.0, canny.Canny.LowThreshold, "[0].Canny.LowThreshold");
+                Assert.Equal(200.0, canny.Canny.HighThreshold, "[0].Canny.HighThreshold");
+                Assert.Equal((int?)512, canny.Canny.Resolution, "[0].Canny.Resolution");
+                var depth = metrics.ControlNets[1];
+                Assert.Equal("depth", depth.Type, "[1].Type");
+                Assert.Equal(null, depth.Model, "[1].Model (the engine's default)");
+                Assert.Equal(1.5, depth.ConditioningScale, "[1].ConditioningScale");
+                Assert.Equal(0.25, depth.GuidanceStart, "[1].GuidanceStart");
+                Assert.Equal(0.75, depth.GuidanceEnd, "[1].GuidanceEnd");
+                Assert.True(depth.Canny == null, "[1].Canny (no preprocessor)");
+                var integral = metrics.ControlNets[2];
+                Assert.Equal(1.0, integral.ConditioningScale, "[2].ConditioningScale written as an integer");
+                Assert.Equal(50.5, integral.Canny.LowThreshold, "[2].Canny.LowThreshold");
+                Assert.Equal(150.0, integral.Canny.HighThreshold, "[2].Canny.HighThreshold");
+                Assert.Equal((int?)null, integral.Canny.Resolution, "[2].Canny.Resolution (the request's size)");
+                Assert.True(metrics.ModelInfo["controlnets"] is System.Collections.Generic.List<object>, "ModelInfo still holds the raw array");
+
+                // An engine without ControlNet (or a request without one) gives an empty list, never null.
+                var plain = new EnhancedResponseHandler().HandleEnhancedResponse(SuccessJson, "fallback").Metrics;
+                Assert.Equal(0, plain.ControlNets.Count, "ControlNets without model_info.controlnets");
+            });
+
             runner.Add("response_error_maps_code_and_field_errors", () =>
             {
                 var response = new EnhancedResponseHandler().HandleEnhancedResponse(ValidationJson, "fallback");

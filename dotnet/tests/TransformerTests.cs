@@ -157,19 +157,162 @@ namespace DeviceOperations.Sdxl.Tests
                 request.Conditioning.ControlNets = new List<ControlNetConfiguration>
                 {
                     new ControlNetConfiguration { ModelPath = "cn/controlnet-depth.safetensors", Weight = 0.7, ConditioningImage = "depth.png" },
-                    new ControlNetConfiguration { ModelPath = "cn/controlnet-canny.safetensors", Weight = 1.0 },
                 };
-                var controlnet = Obj(Data(request), "controlnet");
-                Assert.Equal(true, Json.GetBool(controlnet, "enabled", false), "controlnet.enabled");
-                Assert.Equal("depth", Json.GetString(controlnet, "type"), "the first ControlNet is used");
-                Assert.Equal(0.7, Json.GetDouble(controlnet, "conditioning_scale").Value, "conditioning_scale");
-                Assert.Equal("depth.png", Json.GetString(controlnet, "control_image"), "control_image");
-                var preprocessor = Json.GetObject(controlnet, "preprocessor");
-                Assert.Equal(true, Json.GetBool(preprocessor, "enabled", false), "preprocessor.enabled");
-                Assert.Equal(512L, Json.GetLong(preprocessor, "resolution").Value, "preprocessor.resolution");
+                Assert.Equal("depth", Json.GetString(Obj(Data(request), "controlnet"), "type"), "type inferred from the file name");
+                request.Conditioning.ControlNets[0].Type = "Pose";
+                Assert.Equal("pose", Json.GetString(Obj(Data(request), "controlnet"), "type"), "Type overrides the file name (lowercased)");
+                request.Conditioning.ControlNets[0].Type = " ";
+                Assert.Equal("depth", Json.GetString(Obj(Data(request), "controlnet"), "type"), "a blank Type falls back to the file name");
 
                 var disabled = Obj(Data(Minimal()), "controlnet");
                 Assert.SequenceEqual(new[] { "enabled" }, disabled.Keys, "a disabled controlnet's members");
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration> { null };
+                Assert.SequenceEqual(new[] { "enabled" }, Obj(Data(request), "controlnet").Keys, "a list of nulls is no ControlNet");
+            });
+
+            runner.Add("transformer_one_controlnet_is_the_seeds_object_with_the_model_path_as_model", () =>
+            {
+                var request = Minimal();
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration>
+                {
+                    new ControlNetConfiguration { ModelPath = "/models/controlnet-canny-sdxl-1.0", Weight = 0.7, ConditioningImage = "edges.png" },
+                };
+                var controlnet = Obj(Data(request), "controlnet");
+                Assert.SequenceEqual(new[] { "enabled", "model", "type", "conditioning_scale", "control_image", "preprocessor" }, controlnet.Keys, "members of a seed-shaped ControlNet");
+                Assert.Equal(true, Json.GetBool(controlnet, "enabled", false), "enabled");
+                Assert.Equal("/models/controlnet-canny-sdxl-1.0", Json.GetString(controlnet, "model"), "model is the path as given");
+                Assert.Equal("canny", Json.GetString(controlnet, "type"), "type");
+                Assert.Equal(0.7, Json.GetDouble(controlnet, "conditioning_scale").Value, "conditioning_scale");
+                Assert.Equal("edges.png", Json.GetString(controlnet, "control_image"), "control_image");
+                var preprocessor = Json.GetObject(controlnet, "preprocessor");
+                Assert.SequenceEqual(new[] { "enabled", "resolution" }, preprocessor.Keys, "the seed's preprocessor members");
+                Assert.Equal(true, Json.GetBool(preprocessor, "enabled", false), "preprocessor.enabled (the seed's)");
+                Assert.Equal(512L, Json.GetLong(preprocessor, "resolution").Value, "preprocessor.resolution (the seed's)");
+
+                request.Conditioning.ControlNets[0].ModelPath = null;
+                Assert.Missing(Obj(Data(request), "controlnet"), "model", "no ModelPath: the engine's <models_dir>/controlnet/<type>");
+                request.Conditioning.ControlNets[0].ModelPath = "";
+                Assert.Missing(Obj(Data(request), "controlnet"), "model", "an empty ModelPath");
+
+                request.Conditioning.ControlNets[0].GuidanceStart = 0.1;
+                request.Conditioning.ControlNets[0].GuidanceEnd = 0.6;
+                controlnet = Obj(Data(request), "controlnet");
+                Assert.Equal(0.1, Json.GetDouble(controlnet, "guidance_start").Value, "guidance_start");
+                Assert.Equal(0.6, Json.GetDouble(controlnet, "guidance_end").Value, "guidance_end");
+            });
+
+            runner.Add("transformer_two_controlnets_go_out_as_an_array_in_order_with_their_scales_and_images", () =>
+            {
+                var request = Minimal();
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration>
+                {
+                    new ControlNetConfiguration { ModelPath = "cn/controlnet-depth.safetensors", Weight = 0.4, ConditioningImage = "depth.png", GuidanceEnd = 0.5 },
+                    null,
+                    new ControlNetConfiguration { ModelPath = "cn/controlnet-canny.safetensors", Weight = 1.3, ConditioningImage = "data:image/png;base64,iVBORw0KGgo=" },
+                };
+                var entries = Json.GetArray(Data(request), "controlnet");
+                Assert.True(entries != null, "controlnet is an array with two ControlNets");
+                Assert.Equal(2, entries.Count, "entries (null skipped)");
+                var depth = (Dictionary<string, object>)entries[0];
+                var canny = (Dictionary<string, object>)entries[1];
+                Assert.SequenceEqual(new object[] { "depth", "canny" }, entries.Select(e => Json.Get((Dictionary<string, object>)e, "type")), "types in order");
+                Assert.SequenceEqual(new[] { 0.4, 1.3 }, entries.Select(e => Json.GetDouble((Dictionary<string, object>)e, "conditioning_scale").Value), "scales in order");
+                Assert.SequenceEqual(new object[] { "depth.png", "data:image/png;base64,iVBORw0KGgo=" }, entries.Select(e => Json.Get((Dictionary<string, object>)e, "control_image")), "images in order");
+                Assert.SequenceEqual(new object[] { "cn/controlnet-depth.safetensors", "cn/controlnet-canny.safetensors" }, entries.Select(e => Json.Get((Dictionary<string, object>)e, "model")), "models in order");
+                Assert.Equal(true, Json.GetBool(depth, "enabled", false), "[0].enabled");
+                Assert.Equal(0.5, Json.GetDouble(depth, "guidance_end").Value, "[0].guidance_end");
+                Assert.Missing(canny, "guidance_end", "[1].guidance_end unset");
+                Assert.SequenceEqual(new[] { "enabled" }, Json.GetObject(depth, "preprocessor").Keys, "[0] (depth): preprocessor off");
+                Assert.Equal(false, Json.GetBool(Json.GetObject(depth, "preprocessor"), "enabled", true), "[0].preprocessor.enabled");
+                Assert.Equal(true, Json.GetBool(Json.GetObject(canny, "preprocessor"), "enabled", false), "[1].preprocessor.enabled (canny)");
+
+                // The weights clamp per entry, as the seed clamped its one.
+                request.Conditioning.ControlNets[0].Weight = 5.0;
+                request.Conditioning.ControlNets[2].Weight = -1.0;
+                entries = Json.GetArray(Data(request), "controlnet");
+                Assert.SequenceEqual(new[] { 2.0, 0.0 }, entries.Select(e => Json.GetDouble((Dictionary<string, object>)e, "conditioning_scale").Value), "clamped scales");
+
+                // Tags and worker type stay the seed's.
+                var data = Data(request);
+                Assert.Equal("enhanced_sdxl_worker", Json.GetString(data, "worker_type"), "worker_type");
+                Assert.SequenceEqual(new object[] { "enhanced_sdxl", "c_sharp_service", "controlnet_guided" }, Json.GetArray(Obj(data, "metadata"), "tags"), "tags");
+            });
+
+            runner.Add("transformer_controlnet_preprocessor_is_the_seeds_for_canny_off_for_other_types_and_as_set_when_set", () =>
+            {
+                var request = Minimal();
+                var controlnet = new ControlNetConfiguration { ModelPath = "controlnet-depth-sdxl.safetensors", ConditioningImage = "depth.png" };
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration> { controlnet };
+                var preprocessor = Json.GetObject(Obj(Data(request), "controlnet"), "preprocessor");
+                Assert.SequenceEqual(new[] { "enabled" }, preprocessor.Keys, "depth without Preprocessor: members");
+                Assert.Equal(false, Json.GetBool(preprocessor, "enabled", true), "depth without Preprocessor: the image is used as given");
+                foreach (var type in new[] { "depth", "pose", "scribble", "normal", "seg", "lineart" })
+                {
+                    controlnet.Type = type;
+                    Assert.Equal(false, Json.GetBool(Json.GetObject(Obj(Data(request), "controlnet"), "preprocessor"), "enabled", true), type + ": preprocessor.enabled");
+                }
+
+                // Set explicitly, it goes out as set, even where the engine will answer UNSUPPORTED.
+                controlnet.Type = null;
+                controlnet.Preprocessor = new ControlNetPreprocessorConfiguration { Enabled = true };
+                preprocessor = Json.GetObject(Obj(Data(request), "controlnet"), "preprocessor");
+                Assert.Equal(true, Json.GetBool(preprocessor, "enabled", false), "depth with Enabled = true");
+                Assert.Equal(512L, Json.GetLong(preprocessor, "resolution").Value, "the seed's resolution when enabled");
+
+                controlnet.ModelPath = "controlnet-canny.safetensors";
+                controlnet.Preprocessor = new ControlNetPreprocessorConfiguration { Resolution = 1024, LowThreshold = 50, HighThreshold = 150.5 };
+                preprocessor = Json.GetObject(Obj(Data(request), "controlnet"), "preprocessor");
+                Assert.SequenceEqual(new[] { "enabled", "resolution", "low_threshold", "high_threshold" }, preprocessor.Keys, "canny with settings: members");
+                Assert.Equal(true, Json.GetBool(preprocessor, "enabled", false), "Enabled unset on canny is true");
+                Assert.Equal(1024L, Json.GetLong(preprocessor, "resolution").Value, "resolution");
+                Assert.Equal(50.0, Json.GetDouble(preprocessor, "low_threshold").Value, "low_threshold");
+                Assert.Equal(150.5, Json.GetDouble(preprocessor, "high_threshold").Value, "high_threshold");
+
+                controlnet.Preprocessor = new ControlNetPreprocessorConfiguration { Enabled = false };
+                preprocessor = Json.GetObject(Obj(Data(request), "controlnet"), "preprocessor");
+                Assert.SequenceEqual(new[] { "enabled" }, preprocessor.Keys, "canny switched off: members");
+                Assert.Equal(false, Json.GetBool(preprocessor, "enabled", true), "canny switched off (an edge map given)");
+            });
+
+            runner.Add("transformer_refuses_nan_controlnet_numbers_with_the_sent_path", () =>
+            {
+                var transformer = new EnhancedRequestTransformer();
+                var request = Minimal();
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration>
+                {
+                    new ControlNetConfiguration
+                    {
+                        ModelPath = "controlnet-canny.safetensors",
+                        ConditioningImage = "edges.png",
+                        Weight = double.NaN,
+                        GuidanceStart = double.PositiveInfinity,
+                        GuidanceEnd = double.NaN,
+                        Preprocessor = new ControlNetPreprocessorConfiguration { LowThreshold = double.NegativeInfinity, HighThreshold = double.NaN },
+                    },
+                };
+                var errors = transformer.ValidateRequestFields(request);
+                Assert.SequenceEqual(new[]
+                {
+                    "controlnet.conditioning_scale", "controlnet.guidance_start", "controlnet.guidance_end",
+                    "controlnet.preprocessor.low_threshold", "controlnet.preprocessor.high_threshold",
+                }, errors.Select(e => e.Field), "fields of one ControlNet (" + string.Join("; ", errors) + ")");
+                Assert.Equal("ControlNet weight NaN must be a finite number", errors[0].Message, "weight message");
+                Assert.Throws<InvalidOperationException>(() => transformer.TransformEnhancedSDXLRequest(request, "r"), "Transform of a NaN ControlNet");
+
+                // With two, the path is the array entry's.
+                request.Conditioning.ControlNets = new List<ControlNetConfiguration>
+                {
+                    new ControlNetConfiguration { ModelPath = "a-canny", ConditioningImage = "a.png" },
+                    new ControlNetConfiguration { ModelPath = "b-depth", ConditioningImage = "b.png", GuidanceEnd = double.NaN },
+                };
+                var failure = transformer.ValidationFailure(request, "r");
+                Assert.True(failure != null, "ValidationFailure returned null");
+                Assert.Equal("VALIDATION_ERROR", failure.ErrorCode, "ErrorCode");
+                Assert.SequenceEqual(new[] { "controlnet[1].guidance_end" }, failure.FieldErrors.Select(e => e.Field), "fields of two ControlNets");
+                Assert.Throws<InvalidOperationException>(() => transformer.TransformEnhancedSDXLRequest(request, "r"), "Transform of a NaN second ControlNet");
+
+                request.Conditioning.ControlNets[1].GuidanceEnd = 0.9;
+                Assert.True(transformer.ValidationFailure(request, "r") == null, "finite numbers pass");
             });
 
             runner.Add("transformer_tags_and_worker_type_follow_the_features_used", () =>
