@@ -34,15 +34,34 @@ fn refiner_and_tiling_parity(device: &Device, model: &sdxl::loader::SdxlModel, d
     let image = |key: &str| references.get(key).cloned().ok_or_else(|| sdxl::Error::Internal(format!("no {key}")));
     let request = json!({"prompt": "a lighthouse on a cliff at dawn", "models": {"base": "tiny", "refiner": "tiny-refiner"}, "refiner": {"denoising_start": 0.8},
         "hyperparameters": {"num_inference_steps": 10, "guidance_scale": 5.0, "seed": 5}, "dimensions": {"width": 128, "height": 128}, "scheduler": "EulerDiscreteScheduler"});
-    let models = sdxl::pipeline::PipelineModels { base: model, refiner: Some(&refiner), vae: sdxl::pipeline::VaeChoice::of(model) };
+    let models = sdxl::pipeline::PipelineModels { base: model, refiner: Some(&refiner), vae: sdxl::pipeline::VaeChoice::of(model), controlnets: Vec::new() };
     let (batch, _) = common::run_request(&models, request, None, device);
     let (max_diff, differing) = common::max_pixel_diff(&common::image_tensor(&batch.images), &image("ensemble_euler/image")?);
     println!("{}", json!({"kind": "parity", "dtype": format!("{dtype:?}"), "case": "refiner_ensemble_euler", "uint8_max_diff": max_diff, "differing_values": differing}));
+    // One ControlNet at 0.7 (the tiny canny fixture) on the same base.
+    let controlnet_refs = common::reference("controlnet");
+    let options = sdxl::loader::controlnet::ControlNetLoadOptions { device, dtype, cpu_offload: false };
+    let net = sdxl::loader::controlnet::load_controlnet(&sdxl::loader::ModelLocation::DiffusersFolder(fixtures.join("tiny-controlnet-canny")), model.unet.config(), &options)?;
+    let edges = image::open(fixtures.join("reference/control_canny_128.png")).map_err(|e| sdxl::Error::Internal(e.to_string()))?.to_rgb8();
+    let control = sdxl::pipeline::ControlGuidance {
+        network: &net.network,
+        image: sdxl::image::control::control_tensor(&edges, device)?,
+        conditioning_scale: 0.7,
+        guidance_start: 0.0,
+        guidance_end: 1.0,
+    };
+    let request = json!({"prompt": "a house by the sea", "models": {"base": "tiny"}, "hyperparameters": {"num_inference_steps": 5, "guidance_scale": 6.0, "seed": 4},
+        "dimensions": {"width": 128, "height": 128}, "scheduler": "EulerDiscreteScheduler"});
+    let models = sdxl::pipeline::PipelineModels { base: model, refiner: None, vae: sdxl::pipeline::VaeChoice::of(model), controlnets: vec![control] };
+    let (batch, _) = common::run_request(&models, request, None, device);
+    let expected = controlnet_refs.get("one_canny_07/image").cloned().ok_or_else(|| sdxl::Error::Internal("no one_canny_07/image".into()))?;
+    let (max_diff, differing) = common::max_pixel_diff(&common::image_tensor(&batch.images), &expected);
+    println!("{}", json!({"kind": "parity", "dtype": format!("{dtype:?}"), "case": "controlnet_one_canny_07", "uint8_max_diff": max_diff, "differing_values": differing}));
     let tiled = common::reference("vae_custom");
     let tiling = sdxl::models::VaeTiling { tile_size: 64, overlap: 0.25 };
     let request = json!({"prompt": "a castle on a hill at sunset", "models": {"base": "tiny"}, "precision": {"vae_tiling": true, "vae_tile_size": 64},
         "hyperparameters": {"num_inference_steps": 3, "guidance_scale": 5.0, "seed": 11}, "dimensions": {"width": 192, "height": 256}, "scheduler": "EulerDiscreteScheduler"});
-    let models = sdxl::pipeline::PipelineModels { base: model, refiner: None, vae: sdxl::pipeline::VaeChoice { tiling: Some(tiling), ..sdxl::pipeline::VaeChoice::of(model) } };
+    let models = sdxl::pipeline::PipelineModels { base: model, refiner: None, vae: sdxl::pipeline::VaeChoice { tiling: Some(tiling), ..sdxl::pipeline::VaeChoice::of(model) }, controlnets: Vec::new() };
     let (batch, _) = common::run_request(&models, request, None, device);
     let expected = tiled.get("tiled_txt2img/image").cloned().ok_or_else(|| sdxl::Error::Internal("no tiled_txt2img/image".into()))?;
     let (max_diff, differing) = common::max_pixel_diff(&common::image_tensor(&batch.images), &expected);
