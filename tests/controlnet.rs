@@ -230,6 +230,23 @@ fn the_engine_runs_controlnets_from_models_dir_and_reports_them() {
     assert_eq!(info[0]["type"], "canny", "{info}");
     assert_eq!(info[0]["conditioning_scale"], 0.7);
     assert_eq!(engine.status()["loaded_controlnets"].as_array().unwrap().len(), 1);
+    let pixels = |response: &Value| image::open(response["data"]["generated_images"][0]["path"].as_str().unwrap()).unwrap().to_rgb8();
+    let first = pixels(&response);
+
+    // cpu_offload builds the ControlNet from host weights for the request: the same image.
+    let mut offloaded = req.clone();
+    offloaded["precision"] = json!({"cpu_offload": true});
+    let response: Value = serde_json::from_str(&engine.handle_json(&offloaded.to_string())).unwrap();
+    assert_eq!(response["success"], true, "{response}");
+    assert_eq!(pixels(&response), first, "cpu_offload changed the ControlNet image");
+    assert!(engine.status()["loaded_controlnets"].as_array().unwrap().iter().any(|c| c["cpu_offload"] == true && c["host_weight_bytes"].as_u64() > Some(0)));
+
+    // A LoRA patches the UNet under the ControlNet's guidance: the image changes, the request works.
+    let mut with_lora = req.clone();
+    with_lora["lora"] = json!({"enabled": true, "models": [{"name": fixtures().join("lora/tiny_lora_peft.safetensors").display().to_string(), "weight": 1.0}]});
+    let response: Value = serde_json::from_str(&engine.handle_json(&with_lora.to_string())).unwrap();
+    assert_eq!(response["success"], true, "{response}");
+    assert_ne!(pixels(&response), first, "the LoRA changed nothing");
 
     // An unreadable control image is a validation error at its field.
     let mut bad = req.clone();

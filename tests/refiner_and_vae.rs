@@ -85,7 +85,7 @@ fn run_refiner_case(name: &str, refiner: &SdxlModel, base: &SdxlModel) {
         None => json!({"mode": "ensemble", "denoising_start": case["denoising_start"]}),
     };
     let request = request_of(&case, json!({"models": {"refiner": "tiny-refiner"}, "refiner": refiner_options}));
-    let models = PipelineModels { base, refiner: Some(refiner), vae: VaeChoice::of(base) };
+    let models = PipelineModels { base, refiner: Some(refiner), vae: VaeChoice::of(base), controlnets: Vec::new() };
     let (batch, record) = run_request(&models, request, None, &CPU);
     assert_eq!(record.timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), tensor(&refs, "base_timesteps").to_vec1::<f32>().unwrap(), "{name}: base timesteps");
     assert_close(&format!("{name}: hand-over latents"), record.handover_latents.as_ref().unwrap(), tensor(&refs, "base_latents"), 2e-4);
@@ -153,7 +153,7 @@ fn custom_vae_from_folder_and_from_files_matches_diffusers() {
     let txt2img = case("vae_custom_cases.json", "custom_vae_txt2img");
     let refs = case_tensors("vae_custom", "custom_vae_txt2img");
     for vae in [&folder, &original] {
-        let models = PipelineModels { base: &base, refiner: None, vae: VaeChoice { network: &vae.network, dtype: DType::F32, tiling: None, float32: None } };
+        let models = PipelineModels { base: &base, refiner: None, vae: VaeChoice { network: &vae.network, dtype: DType::F32, tiling: None, float32: None }, controlnets: Vec::new() };
         let (batch, record) = run_request(&models, request_of(&txt2img, json!({"models": {"vae": "fp16-fix"}})), None, &CPU);
         assert_close(&format!("custom VAE ({}) final latents", vae.description), record.final_latents.as_ref().unwrap(), tensor(&refs, "final_latents"), 2e-4);
         assert_image(&format!("custom VAE txt2img ({})", vae.description), &batch.images, tensor(&refs, "image"), 2);
@@ -162,7 +162,7 @@ fn custom_vae_from_folder_and_from_files_matches_diffusers() {
     let refs = case_tensors("vae_custom", "custom_vae_img2img");
     let init_path = fixtures().join("reference/init_256.png");
     let init = image::open(&init_path).unwrap().to_rgb8();
-    let models = PipelineModels { base: &base, refiner: None, vae: VaeChoice { network: &original.network, dtype: DType::F32, tiling: None, float32: None } };
+    let models = PipelineModels { base: &base, refiner: None, vae: VaeChoice { network: &original.network, dtype: DType::F32, tiling: None, float32: None }, controlnets: Vec::new() };
     let extra = json!({"init_image": init_path.display().to_string(), "hyperparameters": {"strength": img2img["strength"]}});
     let (batch, record) = run_request(&models, request_of(&img2img, extra), Some(&init), &CPU);
     assert_close("custom VAE img2img image latents (encode)", record.image_latents.as_ref().unwrap(), tensor(&refs, "image_latents"), 2e-4);
@@ -215,7 +215,7 @@ fn tiled_txt2img_matches_diffusers() {
     let case = case("vae_custom_cases.json", "tiled_txt2img");
     let refs = case_tensors("vae_custom", "tiled_txt2img");
     let tiling = tiling_of(&case);
-    let models = PipelineModels { base: &base, refiner: None, vae: VaeChoice { network: &base.vae, dtype: DType::F32, tiling: Some(tiling), float32: None } };
+    let models = PipelineModels { base: &base, refiner: None, vae: VaeChoice { network: &base.vae, dtype: DType::F32, tiling: Some(tiling), float32: None }, controlnets: Vec::new() };
     let request = request_of(&case, json!({"precision": {"vae_tiling": true, "vae_tile_size": tiling.tile_size, "vae_tile_overlap": tiling.overlap}}));
     let (batch, _) = run_request(&models, request, None, &CPU);
     assert_image("tiled txt2img", &batch.images, tensor(&refs, "image"), 2);
