@@ -91,16 +91,7 @@ fn check_case(name: &str, controls: Vec<ControlGuidance>, init: Option<&image::R
     let case = case(name);
     let r = refs();
     let mut request = request(&case);
-    if let (Value::Object(request), Value::Object(extra)) = (&mut request, extra) {
-        for (key, value) in extra {
-            match (request.get_mut(&key), value) {
-                (Some(Value::Object(existing)), Value::Object(more)) => existing.extend(more),
-                (_, value) => {
-                    request.insert(key, value);
-                }
-            }
-        }
-    }
+    merge(&mut request, extra);
     let models = PipelineModels { base: &base, refiner: None, vae: sdxl::pipeline::VaeChoice::of(&base), controlnets: controls };
     let (batch, record) = run_request(&models, request, init, &CPU);
     let timesteps: Vec<f32> = record.timesteps.iter().map(|&t| t as f32).collect();

@@ -59,16 +59,7 @@ fn request_of(case: &Value, extra: Value) -> Value {
     if let Some(negative) = case["negative_prompt"].as_str() {
         request["negative_prompt"] = json!(negative);
     }
-    if let (Value::Object(request), Value::Object(extra)) = (&mut request, extra) {
-        for (key, value) in extra {
-            match (request.get_mut(&key), value) {
-                (Some(Value::Object(existing)), Value::Object(more)) => existing.extend(more),
-                (_, value) => {
-                    request.insert(key, value);
-                }
-            }
-        }
-    }
+    merge(&mut request, extra);
     request
 }
 

@@ -357,9 +357,7 @@ fn features_a_build_may_lack_are_in_the_schema_and_refused_by_field() {
     let validator = request_validator();
     let base = json!({"prompt": "a cat", "models": {"base": "m"}});
     let cases = [
-        ("controlnet", json!({"prompt": "a cat", "models": {"base": "m"}, "controlnet": {"enabled": true, "type": "canny", "conditioning_scale": 1.0, "control_image": "edges.png", "preprocessor": {"enabled": true, "resolution": 512}}})),
         ("output.upscale", json!({"prompt": "a cat", "models": {"base": "m"}, "output": {"upscale": {"enabled": true, "factor": 2, "method": "realesrgan"}}})),
-        ("controlnet[1]", json!({"prompt": "a cat", "models": {"base": "m"}, "controlnet": [{"enabled": false, "type": "depth"}, {"enabled": true, "type": "canny", "guidance_end": 0.5}]})),
     ];
     assert!(validator.is_valid(&base));
     for (field, request) in cases {

@@ -204,10 +204,6 @@ int main(void) {
         cancel_never_reaches_the_next_request(engine, iterations);
         sdxl_free(engine);
     }
-    char command[1200];
-    snprintf(command, sizeof command, "rm -rf '%s'", output_dir);
-    if (system(command) != 0) {
-        fprintf(stderr, "could not remove %s\n", output_dir);
-    }
+    remove_tree(output_dir);
     return report("cancel_request");
 }

@@ -4,6 +4,7 @@
 #define SDXL_TEST_CHECK_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sdxl.h"
@@ -54,6 +55,15 @@ static inline int report(const char *program) {
     }
     printf("%s: all %d checks passed\n", program, check_count);
     return 0;
+}
+
+/* Removes a test's output folder and what the engine wrote in it. */
+static inline void remove_tree(const char *dir) {
+    char command[1200];
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    if (system(command) != 0) {
+        fprintf(stderr, "could not remove %s\n", dir);
+    }
 }
 
 #endif

@@ -88,10 +88,6 @@ int main(void) {
     sdxl_string_free(running.response);
     sdxl_string_free(queued.response);
 
-    char command[1200];
-    snprintf(command, sizeof command, "rm -rf '%s'", output_dir);
-    if (system(command) != 0) {
-        fprintf(stderr, "could not remove %s\n", output_dir);
-    }
+    remove_tree(output_dir);
     return report("free_while_running");
 }

@@ -142,10 +142,6 @@ int main(void) {
     sdxl_free(engine);
 
     /* Every run used the same request id-less request: remove what was written. */
-    char command[1200];
-    snprintf(command, sizeof command, "rm -rf '%s'", output_dir);
-    if (system(command) != 0) {
-        fprintf(stderr, "could not remove %s\n", output_dir);
-    }
+    remove_tree(output_dir);
     return report("generate");
 }

@@ -127,3 +127,18 @@ pub fn max_pixel_diff(actual: &Tensor, expected: &Tensor) -> (u8, usize) {
     (*diffs.iter().max().unwrap(), diffs.iter().filter(|&&d| d > 0).count())
 }
 
+
+/// Adds `extra`'s fields to `request`; an object field present in both is merged one level
+/// deep (so `{"models": {"refiner": ..}}` keeps `models.base`).
+pub fn merge(request: &mut Value, extra: Value) {
+    if let (Value::Object(request), Value::Object(extra)) = (request, extra) {
+        for (key, value) in extra {
+            match (request.get_mut(&key), value) {
+                (Some(Value::Object(existing)), Value::Object(more)) => existing.extend(more),
+                (_, value) => {
+                    request.insert(key, value);
+                }
+            }
+        }
+    }
+}

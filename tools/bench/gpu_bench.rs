@@ -272,16 +272,7 @@ fn large(_device: &Device) -> sdxl::Result<()> {
         let mut request = json!({"prompt": "a lighthouse on a cliff at dawn, highly detailed", "models": {"base": "builtin:sdxl-random"},
             "dimensions": {"width": size, "height": size}, "hyperparameters": {"num_inference_steps": steps, "seed": 1}, "scheduler": "EulerDiscreteScheduler",
             "output": {"save_path": label}});
-        if let (Some(request), Some(extra)) = (request.as_object_mut(), extra.as_object()) {
-            for (key, value) in extra {
-                match (request.get_mut(key), value) {
-                    (Some(serde_json::Value::Object(existing)), serde_json::Value::Object(more)) => existing.extend(more.clone()),
-                    _ => {
-                        request.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-        }
+        common::merge(&mut request, extra);
         // The first request compiles nothing (the device opened compiled candle's kernels) but
         // draws the random weights; the second is the measurement.
         for attempt in ["warm_up", "measured"] {
