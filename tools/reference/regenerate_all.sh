@@ -12,4 +12,5 @@ TF4ENV=${TF4ENV:-/opt/tf4env/bin/python}   # transformers 4.x + ftfy (slow CLIPT
 "$REFENV" tools/reference/make_refiner_vae_references.py   # refiner, fp16-fix VAE, VAE tiling
 "$REFENV" tools/reference/make_scheduler_references.py   # needs scipy
 "$REFENV" tools/reference/make_controlnet_references.py   # needs opencv-python-headless; reruns itself to check determinism
+"$REFENV" tools/reference/make_esrgan_references.py   # tiny RRDBNet .pth fixtures + RealESRGANer references; reruns itself
 du -sh tests/fixtures assets/clip_tokenizer.json.gz
