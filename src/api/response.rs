@@ -24,6 +24,9 @@ pub struct StageTimes {
     #[serde(default)]
     pub refine: f64,
     pub decode: f64,
+    /// `output.upscale` (0 without it).
+    #[serde(default)]
+    pub upscale: f64,
     pub save: f64,
 }
 

@@ -264,6 +264,29 @@ pub struct ControlNetPlan {
     pub canny: Option<CannySettings>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpscaleMethod {
+    /// Real-ESRGAN (RRDBNet) as `RealESRGANer.enhance`, then Lanczos4 to the factor if needed.
+    RealEsrgan,
+    /// Pillow's Lanczos resampling, no model.
+    Lanczos,
+}
+
+/// `output.upscale`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpscalePlan {
+    pub method: UpscaleMethod,
+    pub factor: u32,
+    /// None: `<models_dir>/upscalers/RealESRGAN_x{factor}plus.pth`.
+    pub model: Option<String>,
+    /// Input pixels per tile (0: whole image).
+    pub tile: u32,
+    pub tile_pad: u32,
+}
+
+pub(crate) const DEFAULT_UPSCALE_TILE: i64 = 512;
+pub(crate) const DEFAULT_UPSCALE_TILE_PAD: i64 = 16;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraRequest {
     pub name: String,
@@ -282,6 +305,7 @@ pub struct GenerationPlan {
     pub vae: VaePlan,
     /// Enabled ControlNets, in request order (their residuals add up).
     pub controlnets: Vec<ControlNetPlan>,
+    pub upscale: Option<UpscalePlan>,
     pub steps: u32,
     pub guidance_scale: f64,
     /// The first image's seed; image i uses `seed + i`.
@@ -466,9 +490,7 @@ pub fn plan_request(
             PathBuf::new()
         }
     };
-    if output.upscale.as_ref().is_some_and(|upscale| upscale.enabled.unwrap_or(false)) {
-        unsupported.push(FieldError::new("output.upscale", "upscaling is not supported yet by this build"));
-    }
+    let upscale = output.upscale.as_ref().and_then(|upscale| plan_upscale(upscale, &mut errors));
 
     let batch_size = request.batch.as_ref().and_then(|b| b.size).unwrap_or(1);
     if batch_size < 1 || batch_size > limits.max_batch as i64 {
@@ -580,6 +602,7 @@ pub fn plan_request(
         refiner,
         vae,
         controlnets,
+        upscale,
         steps: steps as u32,
         guidance_scale,
         seed,
@@ -600,6 +623,43 @@ pub fn plan_request(
         timeout_s,
         max_prompt_windows: limits.max_prompt_windows as usize,
         warnings,
+    })
+}
+
+fn plan_upscale(upscale: &super::request::UpscaleConfig, errors: &mut Vec<FieldError>) -> Option<UpscalePlan> {
+    if !upscale.enabled.unwrap_or(false) {
+        return None;
+    }
+    let mut fail = |name: &str, message: String| errors.push(FieldError::new(format!("output.upscale.{name}"), message));
+    let method = match upscale.method.as_deref().unwrap_or("realesrgan") {
+        "realesrgan" => UpscaleMethod::RealEsrgan,
+        "lanczos" => UpscaleMethod::Lanczos,
+        other => {
+            fail("method", format!("unknown upscale method '{other}' (expected realesrgan or lanczos)"));
+            UpscaleMethod::RealEsrgan
+        }
+    };
+    let factor = upscale.factor.unwrap_or(4);
+    if factor != 2 && factor != 4 {
+        fail("factor", format!("Invalid factor: {factor}. Must be 2 or 4"));
+    }
+    let tile = upscale.tile.unwrap_or(DEFAULT_UPSCALE_TILE);
+    if tile != 0 && !(32..=4096).contains(&tile) {
+        fail("tile", format!("Invalid tile: {tile}. Must be 0 (no tiling) or 32-4096 pixels"));
+    }
+    let tile_pad = upscale.tile_pad.unwrap_or(DEFAULT_UPSCALE_TILE_PAD);
+    if !(0..=256).contains(&tile_pad) {
+        fail("tile_pad", format!("Invalid tile_pad: {tile_pad}. Must be 0-256 pixels"));
+    }
+    if upscale.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+        fail("model", "must be an upscaler path or name when given".into());
+    }
+    Some(UpscalePlan {
+        method,
+        factor: factor.clamp(1, 4) as u32,
+        model: upscale.model.clone().filter(|m| !m.trim().is_empty()),
+        tile: tile.clamp(0, 4096) as u32,
+        tile_pad: tile_pad.clamp(0, 256) as u32,
     })
 }
 

@@ -24,6 +24,7 @@ use crate::api::{self, GeneratedImage, GenerationData, Message, ProcessingMetric
 use crate::error::{Error, Result};
 use crate::api::validate::TilingChoice;
 use crate::loader::controlnet::LoadedControlNet;
+use crate::loader::esrgan::LoadedUpscaler;
 use crate::loader::vae::{VaeLoadOptions, VaeModel};
 use crate::loader::{self, LoadOptions, ModelRole, SdxlModel};
 use crate::models::VaeTiling;
@@ -65,12 +66,14 @@ struct SideKey {
 enum SideKind {
     Vae,
     ControlNet,
+    Upscaler,
 }
 
 #[derive(Clone)]
 enum SideNetwork {
     Vae(Arc<VaeModel>),
     ControlNet(Arc<LoadedControlNet>),
+    Upscaler(Arc<LoadedUpscaler>),
 }
 
 impl SideNetwork {
@@ -79,6 +82,7 @@ impl SideNetwork {
         match self {
             Self::Vae(vae) => (&vae.description, vae.weight_bytes, vae.device_weight_bytes, vae.host_weight_bytes),
             Self::ControlNet(net) => (&net.description, net.weight_bytes, net.device_weight_bytes, net.host_weight_bytes),
+            Self::Upscaler(net) => (&net.description, net.weight_bytes, net.device_weight_bytes, 0),
         }
     }
 }
@@ -329,6 +333,50 @@ impl Engine {
         let options = loader::controlnet::ControlNetLoadOptions { device: &self.device, dtype: base.dtype, cpu_offload };
         let net = Arc::new(loader::controlnet::load_controlnet(&location, base.unet.config(), &options).map_err(|err| name_the_field(err, &field))?);
         self.side_networks.lock().insert(key, LoadedSide { network: SideNetwork::ControlNet(net.clone()), last_used: stamp });
+        Ok(net)
+    }
+
+    /// Upscales every image of the batch (`output.upscale`), reporting stage `upscale` per image.
+    fn upscale_batch(&self, upscale: &api::validate::UpscalePlan, batch: &mut pipeline::GeneratedBatch, ctx: &mut RunContext, dtype: DType) -> Result<()> {
+        let network = match upscale.method {
+            api::validate::UpscaleMethod::RealEsrgan => Some(self.upscaler(upscale, dtype)?),
+            api::validate::UpscaleMethod::Lanczos => None,
+        };
+        let settings = pipeline::upscale::UpscaleSettings {
+            tile: upscale.tile,
+            tile_pad: upscale.tile_pad,
+            pre_pad: pipeline::upscale::DEFAULT_PRE_PAD,
+            outscale: upscale.factor as f64,
+        };
+        let total = batch.images.len() as u32;
+        for (index, image) in batch.images.iter_mut().enumerate() {
+            let event = ProgressEvent { stage: Stage::Upscale, image_index: index as u32, step: index as u32, total_steps: total, model_calls: batch.model_calls, elapsed_ms: ctx.started.elapsed().as_millis() as u64 };
+            if !ctx.progress.on_progress(&event) {
+                return Err(Error::Cancelled);
+            }
+            *image = match &network {
+                Some(upscaler) => pipeline::upscale::upscale_with_network(&upscaler.network, image, &settings, &self.device, dtype)?,
+                None => crate::image::resize::lanczos_resize(image, image.width() * upscale.factor, image.height() * upscale.factor),
+            };
+        }
+        Ok(())
+    }
+
+    /// Loads (or finds cached) the Real-ESRGAN model of `output.upscale`.
+    fn upscaler(&self, upscale: &api::validate::UpscalePlan, dtype: DType) -> Result<Arc<LoadedUpscaler>> {
+        let stamp = self.use_counter.fetch_add(1, Ordering::Relaxed);
+        let path = loader::esrgan::resolve_upscaler(upscale.model.as_deref(), upscale.factor, self.config.models_dir.as_deref())
+            .map_err(|err| name_the_field(err, "output.upscale.model"))?;
+        let key = SideKey { kind: SideKind::Upscaler, source: path.display().to_string(), dtype, cpu_offload: false };
+        if let Some(SideNetwork::Upscaler(net)) = self.cached_side_network(&key, stamp) {
+            return Ok(net);
+        }
+        tracing::info!(upscaler = key.source.as_str(), "loading upscaler");
+        let net = Arc::new(loader::esrgan::load_upscaler(&path, &self.device, dtype).map_err(|err| name_the_field(err, "output.upscale.model"))?);
+        if let Err(available) = self.make_room(net.device_weight_bytes, None) {
+            return Err(Error::OutOfMemory(format!("the upscaler {} needs about {}, more than the {available}", key.source, memory::gib(net.device_weight_bytes))));
+        }
+        self.side_networks.lock().insert(key, LoadedSide { network: SideNetwork::Upscaler(net.clone()), last_used: stamp });
         Ok(net)
     }
 
@@ -692,6 +740,14 @@ impl Engine {
             other => other,
         })?;
         warnings.append(&mut batch.warnings);
+        if let Some(upscale) = &plan.upscale {
+            let upscale_start = Instant::now();
+            self.upscale_batch(upscale, &mut batch, &mut ctx, model.dtype).map_err(|err| match err {
+                Error::Cancelled if running_since.elapsed().as_secs_f64() > deadline_s => Error::Timeout(deadline_s),
+                other => other,
+            })?;
+            batch.stage_times.upscale = upscale_start.elapsed().as_secs_f64();
+        }
 
         let save_start = Instant::now();
         let dir = self.config.output_dir.join(&plan.save_dir);
@@ -723,7 +779,7 @@ impl Engine {
         };
         let mut stage_times = batch.stage_times.clone();
         stage_times.save = save_start.elapsed().as_secs_f64();
-        let inference_time = stage_times.text_encode + stage_times.denoise + stage_times.refine + stage_times.decode;
+        let inference_time = stage_times.text_encode + stage_times.denoise + stage_times.refine + stage_times.decode + stage_times.upscale;
         Ok(GenerationData {
             generated_images: generated,
             processing_metrics: ProcessingMetrics {
@@ -742,6 +798,13 @@ impl Engine {
                     }),
                     "refiner_steps": batch.refiner_steps_run,
                     "vae": plan.vae.model,
+                    "upscale": plan.upscale.as_ref().map(|upscale| json!({
+                        "method": match upscale.method { api::validate::UpscaleMethod::RealEsrgan => "realesrgan", api::validate::UpscaleMethod::Lanczos => "lanczos" },
+                        "factor": upscale.factor,
+                        "model": upscale.model,
+                        "tile": upscale.tile,
+                        "tile_pad": upscale.tile_pad,
+                    })),
                     "controlnets": plan.controlnets.iter().map(|control| json!({
                         "type": control.kind.name(),
                         "model": control.model,
@@ -907,6 +970,7 @@ impl Engine {
             "loaded_models": models,
             "loaded_vaes": self.side_status(SideKind::Vae),
             "loaded_controlnets": self.side_status(SideKind::ControlNet),
+            "loaded_upscalers": self.side_status(SideKind::Upscaler),
             "cached_loras": self.loras.paths(),
             "memory": {
                 "device_total_bytes": device_memory.map(|(_, total)| total),

@@ -36,6 +36,11 @@ pub fn check_names_resolve(plan: &GenerationPlan, models_dir: Option<&Path>, cac
             missing.push(named(&format!("{}.model", control.field), err));
         }
     }
+    if let Some(upscale) = plan.upscale.as_ref().filter(|u| u.method == crate::api::validate::UpscaleMethod::RealEsrgan) {
+        if let Err(err) = crate::loader::esrgan::resolve_upscaler(upscale.model.as_deref(), upscale.factor, models_dir) {
+            missing.push(named("output.upscale.model", err));
+        }
+    }
     missing.extend(plan
         .loras
         .iter()

@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod controlnet;
+pub mod esrgan;
 pub mod lora;
 pub mod safetensors_file;
 pub mod single_file;

@@ -5,6 +5,7 @@ pub mod autoencoder_kl;
 pub mod clip_text;
 pub mod controlnet;
 pub mod embeddings;
+pub mod esrgan;
 pub mod offload;
 pub mod patchable;
 pub mod resnet;
