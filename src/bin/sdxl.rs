@@ -132,6 +132,13 @@ struct GenerateArgs {
     /// Detect canny edges in the control images (thresholds 100/200) instead of using them as given.
     #[arg(long)]
     canny: bool,
+    /// Upscale the images ×2 or ×4 after decoding (Real-ESRGAN; default model
+    /// <models-dir>/upscalers/RealESRGAN_x{N}plus.pth).
+    #[arg(long, value_name = "FACTOR")]
+    upscale: Option<u32>,
+    /// The upscaler: a Real-ESRGAN .pth/.safetensors, or "lanczos" for plain resampling.
+    #[arg(long, value_name = "MODEL", requires = "upscale")]
+    upscaler: Option<String>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -269,6 +276,15 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode, String> {
     }
     if precision.as_object().is_some_and(|p| !p.is_empty()) {
         request["precision"] = precision;
+    }
+    if let Some(factor) = args.upscale {
+        let mut upscale = json!({"enabled": true, "factor": factor});
+        match args.upscaler.as_deref() {
+            Some("lanczos") => upscale["method"] = json!("lanczos"),
+            Some(model) => upscale["model"] = json!(model),
+            None => {}
+        }
+        request["output"]["upscale"] = upscale;
     }
     if args.controlnets.len() != args.control_images.len() {
         return Err(format!("{} --controlnet but {} --control-image: give one control image per ControlNet", args.controlnets.len(), args.control_images.len()));
