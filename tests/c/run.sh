@@ -40,7 +40,7 @@ cargo build --lib --quiet
 test -f "$lib_dir/libsdxl.so" || { echo "no $lib_dir/libsdxl.so" >&2; exit 1; }
 
 mkdir -p "$build_dir"
-programs=(bad_inputs generate refiner controlnet cancel_request free_while_running)
+programs=(bad_inputs generate refiner controlnet upscale cancel_request free_while_running)
 for program in "${programs[@]}"; do
     echo "== compile tests/c/$program.c"
     "$CC" -std=c11 -g -pthread "${warnings[@]}" -I include -o "$build_dir/$program" "tests/c/$program.c" \
