@@ -17,6 +17,13 @@
 // with `model`, and guidance_start/end and preprocessor thresholds when set), several as an array
 // of such objects (the seed sent the first only); a type other than canny gets the preprocessor
 // off unless the caller set it, because the engine ships only the canny preprocessor.
+// Upscale: the seed sent a PostProcessingStep's Model lowercased as `method`, which the engine
+// reads as the method name (realesrgan or lanczos) and refuses otherwise. Model now picks the
+// method ("lanczos" → lanczos; null, empty or "realesrgan" → realesrgan with the engine's default
+// weights) and any other Model is sent as `model`, the Real-ESRGAN weights (path or name), with
+// method realesrgan. Factor goes out as a JSON integer, and a factor other than 2 or 4 (2.5
+// included) is a validation error on output.upscale.factor, not a double for the engine to
+// refuse. Tile and TilePad (ours) are sent only when set.
 
 using System;
 using System.Collections.Generic;
@@ -202,7 +209,8 @@ namespace DeviceOperations.Sdxl
 
         /// <summary>The seed's checks and messages, each with the JSON path the engine would
         /// name, plus what the seed let through to a silent default: NaN or infinite numbers (and
-        /// a RefinerMode or VaeTilingMode cast from an undefined number), ControlNet numbers
+        /// a RefinerMode or VaeTilingMode cast from an undefined number, an upscale factor other
+        /// than 2 or 4), ControlNet numbers
         /// included (`controlnet.&lt;field&gt;`, or `controlnet[i].&lt;field&gt;` when several are sent).
         /// Empty when the request is valid.</summary>
         public List<SdxlFieldError> ValidateRequestFields(EnhancedSDXLRequest request)
@@ -273,6 +281,10 @@ namespace DeviceOperations.Sdxl
             if (upscale != null && !IsFinite(upscale.Factor))
             {
                 errors.Add(new SdxlFieldError("output.upscale.factor", "Upscale factor " + Show(upscale.Factor) + " must be a finite number"));
+            }
+            else if (upscale != null && upscale.Factor != 2.0 && upscale.Factor != 4.0)
+            {
+                errors.Add(new SdxlFieldError("output.upscale.factor", "Upscale factor " + Show(upscale.Factor) + " must be 2 or 4"));
             }
             var refiner = request == null ? null : request.Refiner;
             if (refiner != null)
@@ -497,6 +509,12 @@ namespace DeviceOperations.Sdxl
                 .Add("high_threshold", preprocessor == null ? null : preprocessor.HighThreshold);
         }
 
+        /// <summary>The first "Upscale" step as `output.upscale`. Model picks the method (the seed
+        /// sent Model lowercased as `method`, which the engine refuses for anything but its two
+        /// method names): null, empty or "realesrgan" (any case) → realesrgan with the engine's
+        /// default weights; "lanczos" (any case) → lanczos; anything else → realesrgan with
+        /// `model` = Model as given (a path keeps its case). Factor goes out as a JSON integer
+        /// (the engine reads an integer); tile and tile_pad only when set.</summary>
         private static JsonObject TransformUpscaleConfiguration(List<PostProcessingStep> postProcessing)
         {
             var upscaleStep = FindUpscaleStep(postProcessing);
@@ -504,10 +522,37 @@ namespace DeviceOperations.Sdxl
             {
                 return new JsonObject().Add("enabled", false);
             }
+            var model = string.IsNullOrWhiteSpace(upscaleStep.Model) ? null : upscaleStep.Model;
+            var method = "realesrgan";
+            if (model != null && string.Equals(model.Trim(), "realesrgan", StringComparison.OrdinalIgnoreCase))
+            {
+                model = null;
+            }
+            else if (model != null && string.Equals(model.Trim(), "lanczos", StringComparison.OrdinalIgnoreCase))
+            {
+                method = "lanczos";
+                model = null;
+            }
             return new JsonObject()
                 .Add("enabled", true)
-                .Add("factor", upscaleStep.Factor)
-                .Add("method", upscaleStep.Model != null ? upscaleStep.Model.ToLowerInvariant() : "realesrgan");
+                .Add("factor", UpscaleFactor(upscaleStep.Factor))
+                .Add("method", method)
+                .Add("model", model)
+                .Add("tile", upscaleStep.Tile)
+                .Add("tile_pad", upscaleStep.TilePad);
+        }
+
+        /// <summary>Factor as the integer the engine reads. A factor no integer equals (2.5, NaN,
+        /// infinity, past int's range) is refused, never rounded: ValidateRequestFields reports
+        /// it first. An integral factor other than 2 or 4 is sent as it is, for the engine to
+        /// refuse on the same field.</summary>
+        private static int UpscaleFactor(double factor)
+        {
+            if (!IsFinite(factor) || Math.Floor(factor) != factor || factor < int.MinValue || factor > int.MaxValue)
+            {
+                throw new ArgumentException("Upscale factor " + Show(factor) + " must be 2 or 4");
+            }
+            return (int)factor;
         }
 
         /// <summary>The seed's C# enum name → diffusers class name table; null or empty gives the

@@ -166,6 +166,18 @@ namespace DeviceOperations.Sdxl
                 }
                 result.ControlNets.Add(info);
             }
+            var upscale = Json.GetObject(modelInfo, "upscale");
+            if (upscale != null)
+            {
+                result.Upscale = new SdxlUpscaleInfo
+                {
+                    Method = Json.GetString(upscale, "method"),
+                    Factor = Json.GetInt(upscale, "factor") ?? 0,
+                    Model = Json.GetString(upscale, "model"),
+                    Tile = Json.GetInt(upscale, "tile") ?? 0,
+                    TilePad = Json.GetInt(upscale, "tile_pad") ?? 0,
+                };
+            }
             var stageTimes = Json.GetObject(metrics, "stage_times");
             if (stageTimes != null)
             {
@@ -175,6 +187,7 @@ namespace DeviceOperations.Sdxl
                     Denoise = Json.GetDouble(stageTimes, "denoise") ?? 0.0,
                     Refine = Json.GetDouble(stageTimes, "refine") ?? 0.0,
                     Decode = Json.GetDouble(stageTimes, "decode") ?? 0.0,
+                    Upscale = Json.GetDouble(stageTimes, "upscale") ?? 0.0,
                     Save = Json.GetDouble(stageTimes, "save") ?? 0.0,
                 };
             }

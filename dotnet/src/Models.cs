@@ -182,12 +182,28 @@ namespace DeviceOperations.Sdxl
         public string SavePath { get; set; }
     }
 
+    /// <summary>One of the seed's post-processing steps. Only the first step of type "Upscale"
+    /// (any case) is sent, as the request's `output.upscale`.</summary>
     public class PostProcessingStep
     {
         /// <summary>"Upscale" is the only type the transformer maps.</summary>
         public string Type { get; set; }
+        /// <summary>2 or 4 (`output.upscale.factor`, an integer on the wire): any other value,
+        /// 2.5 included, is a validation error on `output.upscale.factor`.</summary>
         public double Factor { get; set; } = 2.0;
+        /// <summary>Which upscaler runs. Null, empty or "realesrgan" (any case): Real-ESRGAN with
+        /// the engine's default weights, &lt;models_dir&gt;/upscalers/RealESRGAN_x{Factor}plus.pth.
+        /// "lanczos" (any case): Lanczos resampling, no model. Anything else: Real-ESRGAN with
+        /// these weights (`output.upscale.model`: a .pth/.safetensors path, or a name looked up
+        /// as &lt;models_dir&gt;/upscalers/&lt;name&gt;[.pth|.safetensors]). The seed sent this
+        /// lowercased as the method, which the engine refuses.</summary>
         public string Model { get; set; }
+        /// <summary>Real-ESRGAN input tile in pixels (`output.upscale.tile`): 0 for the whole
+        /// image at once, else 32-4096; null: the engine's 512.</summary>
+        public int? Tile { get; set; }
+        /// <summary>Pixels of context around each tile (`output.upscale.tile_pad`, 0-256);
+        /// null: the engine's 16.</summary>
+        public int? TilePad { get; set; }
     }
 
     /// <summary>The seed's EnhancedSDXLResponse, plus the native error code and field paths.</summary>
@@ -271,6 +287,22 @@ namespace DeviceOperations.Sdxl
         /// <summary>model_info.controlnets: the ControlNets that guided the request, in request
         /// order; empty without any.</summary>
         public List<SdxlControlNetInfo> ControlNets { get; set; } = new List<SdxlControlNetInfo>();
+        /// <summary>model_info.upscale: how the images were upscaled; null when they were not.</summary>
+        public SdxlUpscaleInfo Upscale { get; set; }
+    }
+
+    /// <summary>model_info.upscale: the upscaler as the engine ran it.</summary>
+    public sealed class SdxlUpscaleInfo
+    {
+        /// <summary>"realesrgan" or "lanczos".</summary>
+        public string Method { get; set; }
+        /// <summary>2 or 4: each side of an image grew by this much.</summary>
+        public int Factor { get; set; }
+        /// <summary>The model the request named; null for the engine's default (or lanczos).</summary>
+        public string Model { get; set; }
+        /// <summary>Input pixels per tile (0: the whole image at once).</summary>
+        public int Tile { get; set; }
+        public int TilePad { get; set; }
     }
 
     /// <summary>One entry of model_info.controlnets: a ControlNet as the engine ran it.</summary>
@@ -305,6 +337,8 @@ namespace DeviceOperations.Sdxl
         /// <summary>The refiner's denoising (0 without a refiner).</summary>
         public double Refine { get; set; }
         public double Decode { get; set; }
+        /// <summary>output.upscale (0 without it).</summary>
+        public double Upscale { get; set; }
         public double Save { get; set; }
     }
 
@@ -448,6 +482,8 @@ namespace DeviceOperations.Sdxl
         public string DeviceName { get; set; }
         public string Dtype { get; set; }
         public List<string> LoadedModels { get; set; }
+        /// <summary>loaded_upscalers: the files of the Real-ESRGAN models held, as the engine resolved them.</summary>
+        public List<string> LoadedUpscalers { get; set; }
         public long RequestsServed { get; set; }
         public string LastError { get; set; }
         /// <summary>The status JSON as the engine returned it.</summary>

@@ -199,12 +199,22 @@ namespace DeviceOperations.Sdxl
                         models.Add(name);
                     }
                 }
+                var upscalers = new List<string>();
+                foreach (var item in Json.GetArray(root, "loaded_upscalers") ?? new List<object>())
+                {
+                    var source = Json.GetString(item as Dictionary<string, object>, "source");
+                    if (source != null)
+                    {
+                        upscalers.Add(source);
+                    }
+                }
                 return new SdxlEngineStatus
                 {
                     Version = Json.GetString(root, "version"),
                     DeviceName = Json.GetString(root, "device_name"),
                     Dtype = Json.GetString(root, "dtype"),
                     LoadedModels = models,
+                    LoadedUpscalers = upscalers,
                     RequestsServed = Json.GetLong(root, "requests_served") ?? 0,
                     LastError = Json.GetString(root, "last_error"),
                     RawJson = json,

@@ -66,6 +66,15 @@ namespace DeviceOperations.Sdxl.Tests
             };
         }
 
+        /// <summary>(width, height) from a PNG's IHDR chunk.</summary>
+        private static KeyValuePair<int, int> PngSize(string path)
+        {
+            var bytes = File.ReadAllBytes(path);
+            Assert.True(bytes.Length >= 24, "PNG too short: " + path);
+            Func<int, int> bigEndian = offset => (bytes[offset] << 24) | (bytes[offset + 1] << 16) | (bytes[offset + 2] << 8) | bytes[offset + 3];
+            return new KeyValuePair<int, int>(bigEndian(16), bigEndian(20));
+        }
+
         /// <summary>Awaits a task that must end cancelled; returns its exception.</summary>
         private static async Task<OperationCanceledException> ThrowsCanceledAsync(Task task, string what)
         {
@@ -548,6 +557,83 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.Equal(false, response.Success, "Success");
                 Assert.Equal("VALIDATION_ERROR", response.ErrorCode, "ErrorCode (" + response.Error + ")");
                 Assert.SequenceEqual(new[] { "controlnet.control_image" }, response.FieldErrors.Select(f => f.Field), "fields (" + response.Error + ")");
+            });
+
+            runner.AddAsync("e2e_lanczos_upscale_quadruples_the_image_and_reports_its_time_and_progress", async () =>
+            {
+                var engine = Engine();
+                var request = TinyRequest(2);
+                request.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = 4, Model = "Lanczos" } };
+                var width = request.Hyperparameters.Width.Value;
+                var height = request.Hyperparameters.Height.Value;
+                var reports = new List<SdxlProgress>();
+                var response = await engine.GenerateAsync(request, new InlineProgress(p => { lock (reports) { reports.Add(p); } }));
+                Assert.True(response.Success, "Lanczos upscale failed: " + response.ErrorCode + " " + response.Error + " [" + string.Join("; ", response.FieldErrors) + "]");
+                Assert.Equal(1, response.Images.Count, "image count");
+                var image = response.Images[0];
+                Assert.Equal(4 * width, image.Width, "width (4 × the request's)");
+                Assert.Equal(4 * height, image.Height, "height (4 × the request's)");
+                Assert.True(File.Exists(image.Path), "no file at " + image.Path);
+                var size = PngSize(image.Path);
+                Assert.Equal(4 * width, size.Key, "PNG width");
+                Assert.Equal(4 * height, size.Value, "PNG height");
+                var metrics = response.Metrics;
+                Assert.True(metrics.StageTimes != null && metrics.StageTimes.Upscale > 0.0, "StageTimes.Upscale " + (metrics.StageTimes == null ? "missing" : metrics.StageTimes.Upscale.ToString("R")));
+                Assert.True(metrics.Upscale != null, "model_info.upscale missing");
+                Assert.Equal("lanczos", metrics.Upscale.Method, "Upscale.Method");
+                Assert.Equal(4, metrics.Upscale.Factor, "Upscale.Factor");
+                Assert.Equal(null, metrics.Upscale.Model, "Upscale.Model");
+                lock (reports)
+                {
+                    var upscale = reports.Where(r => r.Stage == SdxlStage.Upscale).ToList();
+                    Assert.Equal(1, upscale.Count, "Upscale reports (one per image): " + string.Join("; ", reports));
+                    Assert.Equal(0, upscale[0].Step, "Upscale Step (the image's index)");
+                    Assert.Equal(1, upscale[0].TotalSteps, "Upscale TotalSteps (the image count)");
+                    Assert.Equal(response.RequestId, upscale[0].RequestId, "Upscale report's request id");
+                    var lastDecode = reports.FindLastIndex(r => r.Stage == SdxlStage.Decode);
+                    var firstUpscale = reports.FindIndex(r => r.Stage == SdxlStage.Upscale);
+                    var firstSave = reports.FindIndex(r => r.Stage == SdxlStage.Save);
+                    Assert.True(lastDecode < firstUpscale && (firstSave < 0 || firstUpscale < firstSave), "Upscale between Decode and Save: " + string.Join("; ", reports));
+                }
+            });
+
+            runner.AddAsync("e2e_realesrgan_upscale_with_a_model_path_doubles_the_image", async () =>
+            {
+                var engine = Engine();
+                var modelPath = Path.Combine(Path.Combine(Path.Combine(Path.Combine(AbiTests.RepoRoot(), "tests"), "fixtures"), "esrgan"), "tiny_x2plus.pth");
+                Assert.True(File.Exists(modelPath), "Real-ESRGAN fixture missing: " + modelPath);
+                var request = TinyRequest(2);
+                request.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = 2, Model = modelPath } };
+                var response = await engine.GenerateAsync(request);
+                Assert.True(response.Success, "Real-ESRGAN upscale failed: " + response.ErrorCode + " " + response.Error + " [" + string.Join("; ", response.FieldErrors) + "]");
+                var image = response.Images[0];
+                Assert.Equal(2 * request.Hyperparameters.Width.Value, image.Width, "width (2 × the request's)");
+                Assert.Equal(2 * request.Hyperparameters.Height.Value, image.Height, "height (2 × the request's)");
+                var size = PngSize(image.Path);
+                Assert.Equal(image.Width, size.Key, "PNG width");
+                Assert.Equal(image.Height, size.Value, "PNG height");
+                var metrics = response.Metrics;
+                Assert.Equal("realesrgan", metrics.Upscale.Method, "Upscale.Method");
+                Assert.Equal(2, metrics.Upscale.Factor, "Upscale.Factor");
+                Assert.Equal(modelPath, metrics.Upscale.Model, "Upscale.Model");
+                Assert.Equal(512, metrics.Upscale.Tile, "Upscale.Tile (the engine's default)");
+                Assert.Equal(16, metrics.Upscale.TilePad, "Upscale.TilePad (the engine's default)");
+                Assert.True(metrics.StageTimes.Upscale > 0.0, "StageTimes.Upscale " + metrics.StageTimes.Upscale.ToString("R"));
+                var status = await engine.GetStatusAsync();
+                Assert.True(status.LoadedUpscalers.Contains(modelPath), "LoadedUpscalers " + Assert.Show(status.LoadedUpscalers) + " holds " + modelPath);
+            });
+
+            runner.AddAsync("e2e_a_missing_upscaler_model_is_a_validation_error_on_output_upscale_model", async () =>
+            {
+                var engine = Engine();
+                var missing = Path.Combine(_outputDir, "no-such-upscaler.pth");
+                var request = TinyRequest(2);
+                request.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = 4, Model = missing } };
+                var response = await engine.GenerateAsync(request);
+                Assert.Equal(false, response.Success, "Success");
+                Assert.Equal("VALIDATION_ERROR", response.ErrorCode, "ErrorCode (" + response.Error + ")");
+                Assert.SequenceEqual(new[] { "output.upscale.model" }, response.FieldErrors.Select(f => f.Field), "fields (" + response.Error + ")");
+                Assert.Contains(missing, response.FieldErrors[0].Message, "the message lists the path tried");
             });
 
             runner.AddAsync("e2e_generate_and_the_service_validate_alike_and_never_replace_a_scheduler", async () =>

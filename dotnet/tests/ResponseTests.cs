@@ -129,6 +129,44 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.Equal(0, plain.ControlNets.Count, "ControlNets without model_info.controlnets");
             });
 
+            runner.Add("response_maps_model_info_upscale_and_the_upscale_stage_time", () =>
+            {
+                const string upscaled =
+                    "{\"request_id\":\"r-7\",\"success\":true,\"data\":{\"generated_images\":[" +
+                    "{\"path\":\"/out/r-7_0_42.png\",\"seed\":42,\"width\":4096,\"height\":3072,\"format\":\"png\"}]," +
+                    "\"processing_metrics\":{\"total_time\":14.0,\"inference_time\":13.5,\"device_name\":\"cpu\",\"memory_used\":1," +
+                    "\"model_info\":{\"base_model\":\"sdxl-base\",\"upscale\":{\"method\":\"realesrgan\",\"factor\":4," +
+                    "\"model\":\"/m/upscalers/4x-anime.pth\",\"tile\":256,\"tile_pad\":10}}," +
+                    "\"stage_times\":{\"text_encode\":0.1,\"denoise\":10.0,\"refine\":0.0,\"decode\":1.15,\"upscale\":2.25,\"save\":0.2}," +
+                    "\"unet_calls\":50,\"iterations_per_second\":2.5}}," +
+                    "\"error\":null,\"error_code\":null,\"error_number\":null,\"field_errors\":[],\"warnings\":[],\"execution_time\":14.1,\"timestamp\":1.0}";
+                var response = new EnhancedResponseHandler().HandleEnhancedResponse(upscaled, "fallback").EnsureSuccess();
+                Assert.Equal(4096, response.Images[0].Width, "Width (upscaled)");
+                Assert.Equal(3072, response.Images[0].Height, "Height (upscaled)");
+                var metrics = response.Metrics;
+                Assert.Equal(2.25, metrics.StageTimes.Upscale, "StageTimes.Upscale");
+                Assert.True(metrics.Upscale != null, "Upscale");
+                Assert.Equal("realesrgan", metrics.Upscale.Method, "Upscale.Method");
+                Assert.Equal(4, metrics.Upscale.Factor, "Upscale.Factor");
+                Assert.Equal("/m/upscalers/4x-anime.pth", metrics.Upscale.Model, "Upscale.Model");
+                Assert.Equal(256, metrics.Upscale.Tile, "Upscale.Tile");
+                Assert.Equal(10, metrics.Upscale.TilePad, "Upscale.TilePad");
+
+                // Lanczos: model null. Without upscaling: upscale null (or absent, from an
+                // older engine) and no upscale time.
+                var lanczos = upscaled.Replace("\"method\":\"realesrgan\"", "\"method\":\"lanczos\"").Replace("\"/m/upscalers/4x-anime.pth\"", "null");
+                metrics = new EnhancedResponseHandler().HandleEnhancedResponse(lanczos, "fallback").EnsureSuccess().Metrics;
+                Assert.Equal("lanczos", metrics.Upscale.Method, "Upscale.Method (lanczos)");
+                Assert.Equal(null, metrics.Upscale.Model, "Upscale.Model (lanczos)");
+                var none = upscaled.Replace("\"upscale\":{\"method\":\"realesrgan\",\"factor\":4,\"model\":\"/m/upscalers/4x-anime.pth\",\"tile\":256,\"tile_pad\":10}", "\"upscale\":null");
+                Assert.True(none != upscaled, "the test's replacement found model_info.upscale");
+                metrics = new EnhancedResponseHandler().HandleEnhancedResponse(none, "fallback").EnsureSuccess().Metrics;
+                Assert.True(metrics.Upscale == null, "Upscale null without upscaling");
+                var plain = new EnhancedResponseHandler().HandleEnhancedResponse(SuccessJson, "fallback").Metrics;
+                Assert.True(plain.Upscale == null, "Upscale absent");
+                Assert.Equal(0.0, plain.StageTimes.Upscale, "StageTimes.Upscale absent");
+            });
+
             runner.Add("response_error_maps_code_and_field_errors", () =>
             {
                 var response = new EnhancedResponseHandler().HandleEnhancedResponse(ValidationJson, "fallback");

@@ -539,18 +539,116 @@ namespace DeviceOperations.Sdxl.Tests
                 request.PostProcessing = new List<PostProcessingStep>
                 {
                     new PostProcessingStep { Type = "FaceRestore" },
-                    new PostProcessingStep { Type = "upscale", Factor = 4, Model = "RealESRGAN_x4plus" },
+                    new PostProcessingStep { Type = "upscale", Factor = 4, Model = "lanczos" },
+                    new PostProcessingStep { Type = "Upscale", Factor = 2, Model = "second-step-is-not-sent" },
                 };
                 var output = Obj(Data(request), "output");
                 Assert.Equal("jpeg", Json.GetString(output, "format"), "format");
                 Assert.Equal("runs/a", Json.GetString(output, "save_path"), "save_path");
                 var upscale = Json.GetObject(output, "upscale");
+                Assert.SequenceEqual(new[] { "enabled", "factor", "method" }, upscale.Keys, "members of the first Upscale step");
                 Assert.Equal(true, Json.GetBool(upscale, "enabled", false), "upscale.enabled");
-                Assert.Equal(4.0, Json.GetDouble(upscale, "factor").Value, "upscale.factor");
-                Assert.Equal("realesrgan_x4plus", Json.GetString(upscale, "method"), "upscale.method");
+                Assert.Equal(4L, Json.GetLong(upscale, "factor").Value, "upscale.factor");
+                Assert.Equal("lanczos", Json.GetString(upscale, "method"), "upscale.method");
+            });
 
-                request.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale" } };
-                Assert.Equal("realesrgan", Json.GetString(Json.GetObject(Obj(Data(request), "output"), "upscale"), "method"), "default method");
+            runner.Add("transformer_upscale_model_picks_realesrgan_lanczos_or_names_the_weights", () =>
+            {
+                // Model → (method, model): the seed sent Model lowercased as the method, which
+                // the engine refuses for anything but "realesrgan" and "lanczos".
+                var modelPath = "/models/Upscalers/4x-Anime.pth";
+                var cases = new[]
+                {
+                    new[] { null, "realesrgan", null },
+                    new[] { "", "realesrgan", null },
+                    new[] { "  ", "realesrgan", null },
+                    new[] { "realesrgan", "realesrgan", null },
+                    new[] { "RealESRGAN", "realesrgan", null },
+                    new[] { "lanczos", "lanczos", null },
+                    new[] { "LANCZOS", "lanczos", null },
+                    new[] { "Lanczos", "lanczos", null },
+                    new[] { "RealESRGAN_x4plus", "realesrgan", "RealESRGAN_x4plus" },
+                    new[] { modelPath, "realesrgan", modelPath },
+                    new[] { @"C:\models\RealESRGAN_x2plus.safetensors", "realesrgan", @"C:\models\RealESRGAN_x2plus.safetensors" },
+                };
+                foreach (var c in cases)
+                {
+                    var request = Minimal();
+                    request.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = 4, Model = c[0] } };
+                    var upscale = Obj(Data(request), "output.upscale");
+                    var what = "Model " + Assert.Show(c[0]);
+                    Assert.Equal(c[1], Json.GetString(upscale, "method"), what + ": method");
+                    Assert.Equal(c[2], Json.GetString(upscale, "model"), what + ": model");
+                    if (c[2] == null)
+                    {
+                        Assert.Missing(upscale, "model", what);
+                    }
+                    Assert.Missing(upscale, "tile", what);
+                    Assert.Missing(upscale, "tile_pad", what);
+                }
+
+                // Tile and TilePad only when set, as JSON integers.
+                var tiled = Minimal();
+                tiled.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = 2, Tile = 0, TilePad = 8 } };
+                var tiledUpscale = Obj(Data(tiled), "output.upscale");
+                Assert.SequenceEqual(new[] { "enabled", "factor", "method", "tile", "tile_pad" }, tiledUpscale.Keys, "members with Tile and TilePad");
+                Assert.Equal(0L, Json.GetLong(tiledUpscale, "tile").Value, "tile 0 (whole image) is sent");
+                Assert.Equal(8L, Json.GetLong(tiledUpscale, "tile_pad").Value, "tile_pad");
+                var json = new EnhancedRequestTransformer().TransformEnhancedSDXLRequest(tiled, "r");
+                Assert.Contains("\"upscale\":{\"enabled\":true,\"factor\":2,\"method\":\"realesrgan\",\"tile\":0,\"tile_pad\":8}", json, "wire text");
+            });
+
+            runner.Add("transformer_upscale_factor_is_a_json_integer_and_only_2_or_4_pass_validation", () =>
+            {
+                var transformer = new EnhancedRequestTransformer();
+                foreach (var factor in new[] { 2.0, 4.0 })
+                {
+                    var request = Minimal();
+                    request.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = factor } };
+                    Assert.True(transformer.ValidationFailure(request, "r") == null, "factor " + Assert.Show(factor) + " is valid");
+                    var json = transformer.TransformEnhancedSDXLRequest(request, "r");
+                    var text = "\"factor\":" + ((int)factor).ToString(System.Globalization.CultureInfo.InvariantCulture) + ",";
+                    Assert.Contains(text, json, "factor " + Assert.Show(factor) + " on the wire");
+                    Assert.True(!json.Contains("\"factor\":" + ((int)factor).ToString(System.Globalization.CultureInfo.InvariantCulture) + ".0"), "no 4.0 on the wire: " + json);
+                    var upscale = Obj(Json.GetObject(Json.ParseObject(json), "data"), "output.upscale");
+                    Assert.True(Json.Get(upscale, "factor") is long, "factor parses back as an integer, got " + Json.Get(upscale, "factor").GetType().Name);
+                }
+                // The default (the seed's 2.0) is valid too.
+                var defaults = Minimal();
+                defaults.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale" } };
+                Assert.Equal(2L, Json.GetLong(Obj(Data(defaults), "output.upscale"), "factor").Value, "the seed's default factor");
+
+                var refused = new[] { 2.5, 3.0, 1.0, 0.0, -4.0, 8.0, 4.000001, 1e12 };
+                foreach (var factor in refused)
+                {
+                    var request = Minimal();
+                    request.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = factor } };
+                    var failure = transformer.ValidationFailure(request, "r");
+                    var what = "factor " + Assert.Show(factor);
+                    Assert.True(failure != null, what + ": ValidationFailure returned null");
+                    Assert.Equal("VALIDATION_ERROR", failure.ErrorCode, what + ": ErrorCode");
+                    Assert.SequenceEqual(new[] { "output.upscale.factor" }, failure.FieldErrors.Select(e => e.Field), what + ": fields");
+                    Assert.Equal("Upscale factor " + factor.ToString(System.Globalization.CultureInfo.InvariantCulture) + " must be 2 or 4", failure.FieldErrors[0].Message, what + ": message");
+                    List<string> messages;
+                    Assert.Equal(false, transformer.ValidateRequest(request, out messages), what + ": the seed's ValidateRequest");
+                }
+                // What no integer equals is refused by the transformer itself, never rounded;
+                // an integral factor the engine refuses on the same field goes out as it is.
+                var half = Minimal();
+                half.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = 2.5 } };
+                var ex = Assert.Throws<InvalidOperationException>(() => transformer.TransformEnhancedSDXLRequest(half, "r"), "Transform of factor 2.5");
+                Assert.Contains("2.5", ex.Message, "message");
+                var huge = Minimal();
+                huge.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = 1e12 } };
+                Assert.Throws<InvalidOperationException>(() => transformer.TransformEnhancedSDXLRequest(huge, "r"), "Transform of factor 1e12 (past int)");
+                var three = Minimal();
+                three.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "Upscale", Factor = 3 } };
+                Assert.Equal(3L, Json.GetLong(Obj(Data(three), "output.upscale"), "factor").Value, "factor 3 sent for the engine to refuse");
+
+                // Only the step that is sent is checked.
+                var other = Minimal();
+                other.PostProcessing = new List<PostProcessingStep> { new PostProcessingStep { Type = "FaceRestore", Factor = 2.5 } };
+                Assert.True(transformer.ValidationFailure(other, "r") == null, "a non-upscale step's factor is not checked");
             });
 
             runner.Add("json_writer_escapes_strings_so_they_round_trip", () =>
