@@ -21,7 +21,12 @@ enum Command {
     Generate(GenerateArgs),
     /// Run a raw request JSON file through exactly the path of `sdxl_generate_json`; print the response.
     Request {
-        file: PathBuf,
+        /// The request (or envelope) JSON file.
+        #[arg(required_unless_present = "from_image")]
+        file: Option<PathBuf>,
+        /// Run again the request a PNG written by this library remembers (its `sdxl_request` chunk).
+        #[arg(long, conflicts_with = "file")]
+        from_image: Option<PathBuf>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -337,12 +342,27 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The request a PNG of ours carries in its `sdxl_request` text chunk.
+fn request_from_image(png: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(png).map_err(|e| format!("{}: {e}", png.display()))?;
+    let chunks = sdxl::image::metadata::read_png_text(&bytes).map_err(|e| format!("{}: {e}", png.display()))?;
+    chunks
+        .into_iter()
+        .find(|(key, _)| key == sdxl::image::metadata::REQUEST_KEY)
+        .map(|(_, text)| text)
+        .ok_or_else(|| format!("{} has no {} chunk (it was not written by sdxl-native, or not as PNG)", png.display(), sdxl::image::metadata::REQUEST_KEY))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
-        Command::Request { file, engine } => (|| {
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        Command::Request { file, from_image, engine } => (|| {
+            let text = match (&file, &from_image) {
+                (_, Some(png)) => request_from_image(png)?,
+                (Some(file), None) => std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?,
+                (None, None) => return Err("give a request file or --from-image".to_string()),
+            };
             let engine = Engine::new(engine_config(&engine, &engine.output_dir)).map_err(|e| e.to_string())?;
             let bar = attach_progress_bar(&engine);
             let response = engine.handle_json(&text);

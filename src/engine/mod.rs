@@ -102,6 +102,8 @@ pub struct Engine {
     engine_warnings: Vec<String>,
     models: Mutex<HashMap<ModelKey, LoadedModel>>,
     side_networks: Mutex<HashMap<SideKey, LoadedSide>>,
+    /// AutoV2 hashes of single-file checkpoints, for PNG metadata (hashing 7 GB takes seconds).
+    model_hashes: Mutex<HashMap<PathBuf, String>>,
     /// Parsed LoRA files, shared by every model (adapters are matched to a model when applied).
     loras: crate::lora::LoraCache,
     /// Serialises device work: one request (or model load) runs at a time, the others wait
@@ -157,6 +159,7 @@ impl Engine {
             engine_warnings,
             models: Mutex::new(HashMap::new()),
             side_networks: Mutex::new(HashMap::new()),
+            model_hashes: Mutex::new(HashMap::new()),
             loras: crate::lora::LoraCache::default(),
             queue: RequestQueue::default(),
             progress: Mutex::new(None),
@@ -334,6 +337,69 @@ impl Engine {
         let net = Arc::new(loader::controlnet::load_controlnet(&location, base.unet.config(), &options).map_err(|err| name_the_field(err, &field))?);
         self.side_networks.lock().insert(key, LoadedSide { network: SideNetwork::ControlNet(net.clone()), last_used: stamp });
         Ok(net)
+    }
+
+    /// One image's settings in AUTOMATIC1111's terms, for its PNG's `parameters` chunk.
+    fn a1111_parameters(&self, models: &PipelineModels, plan: &GenerationPlan, seed: u64) -> crate::image::metadata::Parameters {
+        let stem = |name: &str| std::path::Path::new(name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_string());
+        let karras = plan.scheduler_overrides.use_karras_sigmas.unwrap_or(models.base.scheduler_config.use_karras_sigmas);
+        let algorithm = plan.scheduler_overrides.algorithm_type.as_deref().unwrap_or(&models.base.scheduler_config.algorithm_type);
+        let (sampler, schedule) = plan.scheduler.a1111_name(karras, Some(algorithm));
+        let mut extra = Vec::new();
+        if let Some(refiner) = &plan.refiner {
+            extra.push(("Refiner".to_string(), stem(&refiner.model)));
+            match refiner.mode {
+                api::validate::RefinerMode::Ensemble => extra.push(("Refiner switch at".to_string(), refiner.denoising_start.to_string())),
+                api::validate::RefinerMode::Img2Img => extra.push(("Refiner strength".to_string(), refiner.strength.to_string())),
+            }
+        }
+        if let Some(vae) = &plan.vae.model {
+            extra.push(("VAE".to_string(), stem(vae)));
+        }
+        for (index, control) in plan.controlnets.iter().enumerate() {
+            let model = control.model.as_deref().map(stem).unwrap_or_else(|| control.kind.name().to_string());
+            extra.push((
+                format!("ControlNet {index}"),
+                format!("Module: {}, Model: {model}, Weight: {}, Guidance Start: {}, Guidance End: {}", if control.canny.is_some() { "canny" } else { "none" }, control.conditioning_scale, control.guidance_start, control.guidance_end),
+            ));
+        }
+        if let Some(upscale) = &plan.upscale {
+            let upscaler = match upscale.method {
+                api::validate::UpscaleMethod::Lanczos => "Lanczos".to_string(),
+                api::validate::UpscaleMethod::RealEsrgan => upscale.model.as_deref().map(stem).unwrap_or_else(|| format!("RealESRGAN_x{}plus", upscale.factor)),
+            };
+            extra.push(("Upscale".to_string(), upscale.factor.to_string()));
+            extra.push(("Upscaler".to_string(), upscaler));
+        }
+        extra.push(("Version".to_string(), format!("sdxl-native {}", crate::VERSION)));
+        crate::image::metadata::Parameters {
+            prompt: plan.prompt.clone(),
+            negative_prompt: plan.negative_prompt.clone(),
+            loras: plan.loras.iter().map(|lora| (stem(&lora.name), lora.weight)).collect(),
+            steps: plan.steps,
+            sampler: sampler.to_string(),
+            schedule_type: schedule.map(str::to_string),
+            cfg_scale: plan.guidance_scale,
+            seed,
+            width: plan.width,
+            height: plan.height,
+            model: stem(&plan.base_model),
+            model_hash: self.model_hash(&models.base.location),
+            denoising_strength: plan.init_image.as_ref().map(|_| plan.strength),
+            extra,
+        }
+    }
+
+    /// AUTOMATIC1111's "Model hash" (AutoV2: the first 10 hex digits of the file's SHA-256) of
+    /// a single-file checkpoint, computed once per file; None for folders and built-ins.
+    fn model_hash(&self, location: &loader::ModelLocation) -> Option<String> {
+        let loader::ModelLocation::SingleFile(path) = location else { return None };
+        if let Some(hash) = self.model_hashes.lock().get(path) {
+            return Some(hash.clone());
+        }
+        let hash = loader::file_sha256_prefix(path, 10).ok()?;
+        self.model_hashes.lock().insert(path.clone(), hash.clone());
+        Some(hash)
     }
 
     /// Upscales every image of the batch (`output.upscale`), reporting stage `upscale` per image.
@@ -599,6 +665,7 @@ impl Engine {
         preflight::check_names_resolve(&plan, self.config.models_dir.as_deref(), |name| self.models.lock().keys().any(|key| key.name == name))?;
         warnings.append(&mut plan.warnings);
         warnings.extend(self.fields_not_honoured(&request, &plan)?);
+        let replay = replay_json(&request, &plan)?;
         let metadata = request.metadata.clone().unwrap_or_default();
         let priority = Priority::from_name(metadata.priority.as_deref());
         let served = ServedMetadata { priority: priority.name().to_string(), tags: metadata.tags.unwrap_or_default() };
@@ -668,7 +735,8 @@ impl Engine {
             })
             .collect();
         let models = PipelineModels { base: &model, refiner: refiner.as_deref(), vae: vae_choice, controlnets: guidance };
-        let result = self.generate_with_model(&models, &plan, init_image.as_ref(), &loaded_loras, ticket.cancel_flag(), served, started, running_since, warnings);
+        let run = RunRecord { replay: &replay, loaded_loras: &loaded_loras, served, started, running_since };
+        let result = self.generate_with_model(&models, &plan, init_image.as_ref(), run, ticket.cancel_flag(), warnings);
         // The failed request's tensors are dropped by now; its queued work and cached blocks are not.
         if let Err(Error::OutOfMemory(message)) = &result {
             let released = match memory::release_device_memory(&self.device) {
@@ -715,19 +783,16 @@ impl Engine {
         Ok(Some(tiling))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn generate_with_model(
         &self,
         models: &PipelineModels,
         plan: &GenerationPlan,
         init_image: Option<&image::RgbImage>,
-        loaded_loras: &[crate::lora::LoadedLora],
+        run: RunRecord,
         cancelled: &AtomicBool,
-        served: ServedMetadata,
-        started: Instant,
-        running_since: Instant,
         warnings: &mut Vec<String>,
     ) -> Result<GenerationData> {
+        let RunRecord { replay, loaded_loras, served, started, running_since } = run;
         let model = models.base;
         let deadline_s = plan.timeout_s.or(self.config.timeout_s).unwrap_or(f64::INFINITY);
         let peak_memory_measure = memory::start_request_peak(&self.device);
@@ -761,7 +826,15 @@ impl Engine {
                 model_calls: batch.model_calls,
                 elapsed_ms: started.elapsed().as_millis() as u64,
             });
-            let bytes = crate::image::save::encode(image, plan.format, plan.quality)?;
+            let bytes = match plan.format {
+                // PNG remembers how it was made: A1111's parameters and the request to replay.
+                api::ImageFormat::Png => {
+                    let parameters = self.a1111_parameters(models, plan, *seed).to_a1111();
+                    let chunks = [(crate::image::metadata::PARAMETERS_KEY, parameters.as_str()), (crate::image::metadata::REQUEST_KEY, replay)];
+                    crate::image::metadata::encode_png(image, &chunks)?
+                }
+                _ => crate::image::save::encode(image, plan.format, plan.quality)?,
+            };
             let name = crate::image::save::file_name(&plan.request_id, index, *seed, plan.format);
             let path = crate::image::save::write_atomically(&dir, &name, &bytes)?;
             generated.push(GeneratedImage {
@@ -987,6 +1060,32 @@ impl Engine {
             "message_handlers": ["inference_request", "model_load_request", "status_request"],
         })
     }
+}
+
+/// What a request's run needs besides its plan and models.
+struct RunRecord<'a> {
+    /// The request as it would run again (seed resolved), for PNG metadata.
+    replay: &'a str,
+    loaded_loras: &'a [crate::lora::LoadedLora],
+    served: ServedMetadata,
+    started: Instant,
+    running_since: Instant,
+}
+
+/// The request with its seed resolved and nulls left out: what `sdxl request --from-image`
+/// runs again to make the same image.
+fn replay_json(request: &GenerationRequest, plan: &GenerationPlan) -> Result<String> {
+    let mut replay = request.clone();
+    replay.hyperparameters.get_or_insert_with(Default::default).seed = Some(plan.seed as i64);
+    fn without_nulls(value: Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, without_nulls(v))).collect()),
+            Value::Array(items) => Value::Array(items.into_iter().map(without_nulls).collect()),
+            other => other,
+        }
+    }
+    let value = serde_json::to_value(&replay).map_err(|e| Error::Internal(format!("request to JSON: {e}")))?;
+    Ok(without_nulls(value).to_string())
 }
 
 /// Says which request field a model-loading failure concerns (the base, the refiner, the VAE).

@@ -4,6 +4,7 @@
 
 pub mod canny;
 pub mod control;
+pub mod metadata;
 pub mod resize;
 pub mod save;
 

@@ -218,6 +218,24 @@ pub fn estimate_device_weight_bytes(location: &ModelLocation, options: &LoadOpti
     }
 }
 
+/// The first `digits` hex digits of a file's SHA-256 (AUTOMATIC1111's AutoV2 model hash is 10).
+pub fn file_sha256_prefix(path: &Path, digits: usize) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(hex[..digits.min(hex.len())].to_string())
+}
+
 /// About how many parameters a VAE of this config has, from SDXL's VAE (83.7 M at widths
 /// 128/256/512/512), scaled by the squared widths: enough to make room before loading one.
 pub fn vae_parameter_count(config: &VaeConfig) -> u64 {

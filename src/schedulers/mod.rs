@@ -77,6 +77,25 @@ impl SchedulerKind {
         }
     }
 
+    /// The AUTOMATIC1111 sampler name and schedule type for image metadata (`Sampler: DPM++ 2M,
+    /// Schedule type: Karras`).
+    pub fn a1111_name(self, karras: bool, algorithm_type: Option<&str>) -> (&'static str, Option<&'static str>) {
+        let sampler = match self {
+            SchedulerKind::DpmSolverMultistep if algorithm_type.is_some_and(|a| a.starts_with("sde")) => "DPM++ 2M SDE",
+            SchedulerKind::DpmSolverMultistep => "DPM++ 2M",
+            SchedulerKind::DpmSolverSinglestep => "DPM++ 2S",
+            SchedulerKind::Ddim => "DDIM",
+            SchedulerKind::EulerDiscrete => "Euler",
+            SchedulerKind::EulerAncestralDiscrete => "Euler a",
+            SchedulerKind::HeunDiscrete => "Heun",
+            SchedulerKind::Kdpm2Discrete => "DPM2",
+            SchedulerKind::Kdpm2AncestralDiscrete => "DPM2 a",
+            SchedulerKind::LmsDiscrete => "LMS",
+            SchedulerKind::UniPcMultistep => "UniPC",
+        };
+        (sampler, karras.then_some("Karras"))
+    }
+
     pub fn class_name(self) -> &'static str {
         SCHEDULER_NAMES.iter().find(|(kind, ..)| *kind == self).map(|(_, class, ..)| *class).unwrap_or("?")
     }
