@@ -104,3 +104,33 @@ fn every_png_has_both_chunks_and_its_request_makes_the_same_file() {
     let response: Value = serde_json::from_str(&engine.handle_json(&jpeg.to_string())).unwrap();
     assert_eq!(response["success"], true, "{response}");
 }
+
+#[test]
+fn return_images_gives_the_files_bytes_and_writes_nothing() {
+    use base64::Engine as _;
+    let output = tempfile::tempdir().unwrap();
+    let config = json!({"device": "cpu", "output_dir": output.path(), "limits": {"min_size": 64}});
+    let engine = sdxl::Engine::from_json(&config.to_string()).unwrap();
+    let request = json!({"prompt": "a red cube", "models": {"base": "builtin:tiny"}, "dimensions": {"width": 64, "height": 64},
+        "hyperparameters": {"num_inference_steps": 2, "seed": 5}, "scheduler": "EulerDiscreteScheduler", "output": {"save_path": "files"}});
+    let written: Value = serde_json::from_str(&engine.handle_json(&request.to_string())).unwrap();
+    let file = std::fs::read(written["data"]["generated_images"][0]["path"].as_str().unwrap()).unwrap();
+    for format in ["png", "jpeg", "webp"] {
+        let mut returned = request.clone();
+        returned["output"] = json!({"save_path": "returned", "return_images": true, "format": format});
+        let response: Value = serde_json::from_str(&engine.handle_json(&returned.to_string())).unwrap();
+        assert_eq!(response["success"], true, "{response}");
+        let image = &response["data"]["generated_images"][0];
+        assert!(image["path"].is_null(), "{image}");
+        assert_eq!(image["format"], format);
+        let bytes = base64::engine::general_purpose::STANDARD.decode(image["data"].as_str().unwrap()).unwrap();
+        let decoded = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert_eq!(decoded.dimensions(), (64, 64));
+        if format == "png" {
+            // The same bytes the file holds (metadata included: the request differs only in output).
+            let pixels = image::load_from_memory(&file).unwrap().to_rgb8();
+            assert_eq!(decoded, pixels, "returned PNG pixels differ from the written file's");
+        }
+    }
+    assert!(!output.path().join("returned").exists(), "return_images wrote a file");
+}

@@ -111,6 +111,8 @@ pub struct OutputConfig {
     pub quality: Option<i64>,
     pub save_path: Option<String>,
     pub upscale: Option<UpscaleConfig>,
+    /// Put each encoded image in the response (base64) instead of writing a file.
+    pub return_images: Option<bool>,
 }
 
 /// `controlnet`: one object (the seed's shape) or an array of them. Deserialised by hand so

@@ -8,11 +8,15 @@ use crate::error::{Error, FieldError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GeneratedImage {
-    pub path: String,
+    /// Where the file was written; null with `output.return_images` (nothing is written).
+    pub path: Option<String>,
     pub seed: u64,
     pub width: u32,
     pub height: u32,
     pub format: String,
+    /// With `output.return_images`: the encoded file (png/jpeg/webp, metadata included), base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }
 
 /// Per-stage wall times in seconds.

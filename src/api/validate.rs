@@ -320,6 +320,8 @@ pub struct GenerationPlan {
     pub quality: u8,
     /// Relative to the engine's output_dir; proven not to escape it.
     pub save_dir: PathBuf,
+    /// `output.return_images`: the encoded images go back in the response, no file is written.
+    pub return_images: bool,
     pub batch_size: u32,
     pub init_image: Option<String>,
     pub micro_conditioning: MicroConditioning,
@@ -615,6 +617,7 @@ pub fn plan_request(
         format,
         quality: quality as u8,
         save_dir,
+        return_images: output.return_images.unwrap_or(false),
         batch_size: batch_size as u32,
         init_image: request.init_image.clone(),
         micro_conditioning: micro,

@@ -835,14 +835,20 @@ impl Engine {
                 }
                 _ => crate::image::save::encode(image, plan.format, plan.quality)?,
             };
-            let name = crate::image::save::file_name(&plan.request_id, index, *seed, plan.format);
-            let path = crate::image::save::write_atomically(&dir, &name, &bytes)?;
+            let (path, data) = if plan.return_images {
+                use base64::Engine as _;
+                (None, Some(base64::engine::general_purpose::STANDARD.encode(&bytes)))
+            } else {
+                let name = crate::image::save::file_name(&plan.request_id, index, *seed, plan.format);
+                (Some(crate::image::save::write_atomically(&dir, &name, &bytes)?.display().to_string()), None)
+            };
             generated.push(GeneratedImage {
-                path: path.display().to_string(),
+                path,
                 seed: *seed,
                 width: image.width(),
                 height: image.height(),
                 format: plan.format.name().to_string(),
+                data,
             });
         }
         drop(ctx);
