@@ -6,26 +6,18 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <stdint.h>
-#include <stdlib.h>
-#include <unistd.h>
 
 #include "check.h"
+#include "fixture_engine.h"
 #include "sdxl.h"
 
 int main(void) {
-    char output_dir[] = "/tmp/sdxl-c-controlnet-XXXXXX";
-    char cwd[512];
-    if (mkdtemp(output_dir) == NULL || getcwd(cwd, sizeof cwd) == NULL) {
-        perror("setup");
-        return 2;
-    }
-    char config[1024];
-    snprintf(config, sizeof config, "{\"device\":\"cpu\",\"output_dir\":\"%s\",\"limits\":{\"min_size\":64}}", output_dir);
-    SdxlEngine *engine = sdxl_create(config);
-    CHECK(engine != NULL, "sdxl_create failed: %s", sdxl_last_error());
-    if (engine == NULL) {
+    struct fixture_engine setup = {NULL, "/tmp/sdxl-c-controlnet-XXXXXX", ""};
+    if (!open_fixture_engine(&setup)) {
         return report("controlnet");
     }
+    SdxlEngine *engine = setup.engine;
+    const char *cwd = setup.cwd;
 
     char models[1024];
     snprintf(models, sizeof models, "{\"base\":\"builtin:tiny\",\"controlnet\":[\"%s/tests/fixtures/tiny-controlnet-canny\"]}", cwd);
@@ -63,7 +55,6 @@ int main(void) {
     CHECK(contains(response, "controlnet[0].control_image"), "the error does not name the field: %s", response);
     sdxl_string_free(response);
 
-    sdxl_free(engine);
-    remove_tree(output_dir);
+    close_fixture_engine(&setup);
     return report("controlnet");
 }

@@ -5,10 +5,9 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <stdint.h>
-#include <stdlib.h>
-#include <unistd.h>
 
 #include "check.h"
+#include "fixture_engine.h"
 #include "sdxl.h"
 
 struct stages {
@@ -29,19 +28,12 @@ static bool on_progress(const SdxlProgress *progress, void *user_data) {
 }
 
 int main(void) {
-    char output_dir[] = "/tmp/sdxl-c-refiner-XXXXXX";
-    char cwd[512];
-    if (mkdtemp(output_dir) == NULL || getcwd(cwd, sizeof cwd) == NULL) {
-        perror("setup");
-        return 2;
-    }
-    char config[1024];
-    snprintf(config, sizeof config, "{\"device\":\"cpu\",\"output_dir\":\"%s\",\"limits\":{\"min_size\":64}}", output_dir);
-    SdxlEngine *engine = sdxl_create(config);
-    CHECK(engine != NULL, "sdxl_create failed: %s", sdxl_last_error());
-    if (engine == NULL) {
+    struct fixture_engine setup = {NULL, "/tmp/sdxl-c-refiner-XXXXXX", ""};
+    if (!open_fixture_engine(&setup)) {
         return report("refiner");
     }
+    SdxlEngine *engine = setup.engine;
+    const char *cwd = setup.cwd;
 
     char models[2048];
     snprintf(models, sizeof models,
@@ -73,7 +65,6 @@ int main(void) {
     CHECK(seen.refine_total == 1, "the refine stage reported %u total steps", seen.refine_total);
     sdxl_string_free(response);
 
-    sdxl_free(engine);
-    remove_tree(output_dir);
+    close_fixture_engine(&setup);
     return report("refiner");
 }
