@@ -24,6 +24,7 @@
 // method realesrgan. Factor goes out as a JSON integer, and a factor other than 2 or 4 (2.5
 // included) is a validation error on output.upscale.factor, not a double for the engine to
 // refuse. Tile and TilePad (ours) are sent only when set.
+// Output.ReturnImages (ours) goes out as output.return_images only when set.
 
 using System;
 using System.Collections.Generic;
@@ -176,6 +177,7 @@ namespace DeviceOperations.Sdxl
                         .Add("format", output != null && output.Format != null ? output.Format.ToLowerInvariant() : "png")
                         .Add("quality", Clamp.Value((output == null ? null : output.Quality) ?? 95, 1, 100))
                         .Add("save_path", (output == null ? null : output.SavePath) ?? "outputs/")
+                        .Add("return_images", output == null ? null : output.ReturnImages)
                         .Add("upscale", TransformUpscaleConfiguration(request.PostProcessing)))
                     .Add("batch", new JsonObject()
                         .Add("size", Clamp.Value((hyper == null ? null : hyper.BatchSize) ?? 1, 1, 9))

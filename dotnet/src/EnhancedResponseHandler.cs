@@ -73,9 +73,10 @@ namespace DeviceOperations.Sdxl
             var data = Json.GetObject(root, "data");
             if (data != null)
             {
-                foreach (var item in Json.GetArray(data, "generated_images") ?? new List<object>())
+                var images = Json.GetArray(data, "generated_images") ?? new List<object>();
+                for (var index = 0; index < images.Count; index++)
                 {
-                    var image = item as Dictionary<string, object>;
+                    var image = images[index] as Dictionary<string, object>;
                     if (image == null)
                     {
                         continue;
@@ -83,6 +84,7 @@ namespace DeviceOperations.Sdxl
                     response.Images.Add(new GeneratedImage
                     {
                         Path = Json.GetString(image, "path"),
+                        Data = DecodeImageData(Json.GetString(image, "data"), index),
                         Seed = Json.GetLong(image, "seed") ?? 0,
                         Width = Json.GetInt(image, "width") ?? 0,
                         Height = Json.GetInt(image, "height") ?? 0,
@@ -109,6 +111,24 @@ namespace DeviceOperations.Sdxl
                 }
             }
             return response;
+        }
+
+        /// <summary>generated_images[i].data (output.return_images): base64 of the encoded file,
+        /// decoded once here; null when absent. Not base64: FormatException naming the image.</summary>
+        private static byte[] DecodeImageData(string base64, int index)
+        {
+            if (base64 == null)
+            {
+                return null;
+            }
+            try
+            {
+                return Convert.FromBase64String(base64);
+            }
+            catch (FormatException ex)
+            {
+                throw new FormatException("data.generated_images[" + index + "].data is not base64: " + ex.Message, ex);
+            }
         }
 
         private static GenerationMetrics MapMetrics(Dictionary<string, object> metrics)

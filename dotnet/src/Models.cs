@@ -180,6 +180,10 @@ namespace DeviceOperations.Sdxl
         public int? Quality { get; set; }
         /// <summary>Relative to the engine's output_dir.</summary>
         public string SavePath { get; set; }
+        /// <summary>true: the engine writes no file and returns each encoded image (png with its
+        /// metadata chunks, jpeg, webp) in GeneratedImage.Data, with Path null
+        /// (`output.return_images`, sent only when set; null: files as before).</summary>
+        public bool? ReturnImages { get; set; }
     }
 
     /// <summary>One of the seed's post-processing steps. Only the first step of type "Upscale"
@@ -248,7 +252,11 @@ namespace DeviceOperations.Sdxl
 
     public class GeneratedImage
     {
+        /// <summary>The file the engine wrote; null with Output.ReturnImages (nothing is written).</summary>
         public string Path { get; set; }
+        /// <summary>The encoded file (the `data` base64 of generated_images, decoded once) with
+        /// Output.ReturnImages; null otherwise.</summary>
+        public byte[] Data { get; set; }
         public long Seed { get; set; }
         public int Width { get; set; }
         public int Height { get; set; }

@@ -69,10 +69,46 @@ namespace DeviceOperations.Sdxl.Tests
         /// <summary>(width, height) from a PNG's IHDR chunk.</summary>
         private static KeyValuePair<int, int> PngSize(string path)
         {
-            var bytes = File.ReadAllBytes(path);
-            Assert.True(bytes.Length >= 24, "PNG too short: " + path);
-            Func<int, int> bigEndian = offset => (bytes[offset] << 24) | (bytes[offset + 1] << 16) | (bytes[offset + 2] << 8) | bytes[offset + 3];
-            return new KeyValuePair<int, int>(bigEndian(16), bigEndian(20));
+            return PngSize(File.ReadAllBytes(path), path);
+        }
+
+        /// <summary>(width, height) from the IHDR chunk of an encoded PNG, after checking the
+        /// signature and that IHDR is the first chunk.</summary>
+        private static KeyValuePair<int, int> PngSize(byte[] bytes, string what)
+        {
+            Assert.True(bytes.Length >= 24, "PNG too short (" + bytes.Length + " bytes): " + what);
+            Assert.SequenceEqual(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }, bytes.Take(8), "PNG signature of " + what);
+            Assert.Equal("IHDR", System.Text.Encoding.ASCII.GetString(bytes, 12, 4), "first chunk of " + what);
+            return new KeyValuePair<int, int>(BigEndian(bytes, 16), BigEndian(bytes, 20));
+        }
+
+        private static int BigEndian(byte[] bytes, int offset)
+        {
+            return (bytes[offset] << 24) | (bytes[offset + 1] << 16) | (bytes[offset + 2] << 8) | bytes[offset + 3];
+        }
+
+        /// <summary>Keywords of a PNG's tEXt / zTXt / iTXt chunks, in file order.</summary>
+        private static List<string> PngTextKeys(byte[] bytes)
+        {
+            var keys = new List<string>();
+            var offset = 8;
+            while (offset + 8 <= bytes.Length)
+            {
+                var length = BigEndian(bytes, offset);
+                var type = System.Text.Encoding.ASCII.GetString(bytes, offset + 4, 4);
+                var body = offset + 8;
+                if (length < 0 || body + length > bytes.Length)
+                {
+                    break;
+                }
+                if (type == "tEXt" || type == "zTXt" || type == "iTXt")
+                {
+                    var end = Array.IndexOf(bytes, (byte)0, body, length);
+                    keys.Add(System.Text.Encoding.ASCII.GetString(bytes, body, (end < 0 ? body + length : end) - body));
+                }
+                offset = body + length + 4;
+            }
+            return keys;
         }
 
         /// <summary>Awaits a task that must end cancelled; returns its exception.</summary>
@@ -186,6 +222,9 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.True(File.Exists(image.Path), "no file at " + image.Path);
                 var bytes = File.ReadAllBytes(image.Path);
                 Assert.SequenceEqual(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }, bytes.Take(8), "PNG signature");
+                var keys = PngTextKeys(bytes);
+                Assert.True(keys.Contains("parameters") && keys.Contains("sdxl_request"), "PNG text chunks of the file: [" + string.Join(", ", keys) + "]");
+                Assert.True(image.Data == null, "Data without ReturnImages");
                 Assert.Equal(256, image.Width, "width");
                 Assert.Equal(256, image.Height, "height");
                 Assert.Equal(42L, image.Seed, "seed");
@@ -199,6 +238,37 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.True(denoise.Count > 0, "no denoise reports: " + string.Join("; ", reports));
                 Assert.Equal(2, denoise.Last().TotalSteps, "total steps");
                 Assert.True(reports.Any(r => r.Stage == SdxlStage.Save), "no save report: " + string.Join("; ", reports));
+            });
+
+            runner.AddAsync("e2e_return_images_gives_png_bytes_of_the_requested_size_and_writes_no_file", async () =>
+            {
+                var engine = Engine();
+                await engine.LoadModelAsync("builtin:tiny");
+                var request = TinyRequest(2);
+                request.Hyperparameters.Width = 320;
+                request.Hyperparameters.Height = 256;
+                var saveDir = "e2e-return-images";
+                request.Output.SavePath = saveDir;
+                request.Output.ReturnImages = true;
+                var response = await engine.GenerateAsync(request);
+                Assert.True(response.Success, "generation failed: " + response.ErrorCode + " " + response.Error);
+                Assert.Equal(1, response.Images.Count, "image count");
+                var image = response.Images[0];
+                Assert.Equal(null, image.Path, "Path with ReturnImages");
+                Assert.True(image.Data != null && image.Data.Length > 0, "no Data with ReturnImages");
+                var size = PngSize(image.Data, "the returned image");
+                Assert.Equal(320, size.Key, "IHDR width");
+                Assert.Equal(256, size.Value, "IHDR height");
+                Assert.Equal(320, image.Width, "Width");
+                Assert.Equal(256, image.Height, "Height");
+                Assert.Equal(42L, image.Seed, "Seed");
+                Assert.Equal("png", image.Format, "Format");
+                var keys = PngTextKeys(image.Data);
+                Assert.True(keys.Contains("parameters") && keys.Contains("sdxl_request"), "PNG text chunks: [" + string.Join(", ", keys) + "]");
+                Assert.True(!Directory.Exists(Path.Combine(_outputDir, saveDir)), "the save_path folder was created: " + Path.Combine(_outputDir, saveDir));
+                var written = Directory.GetFiles(_outputDir, "*", SearchOption.AllDirectories)
+                    .Where(f => Path.GetFileName(f).StartsWith(response.RequestId, StringComparison.Ordinal)).ToList();
+                Assert.True(written.Count == 0, "files written for " + response.RequestId + ": " + string.Join(", ", written));
             });
 
             runner.AddAsync("e2e_cancelling_mid_run_throws_operation_canceled_and_the_engine_still_generates", async () =>

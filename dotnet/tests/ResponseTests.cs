@@ -167,6 +167,38 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.Equal(0.0, plain.StageTimes.Upscale, "StageTimes.Upscale absent");
             });
 
+            runner.Add("response_decodes_returned_image_data_once_and_parses_a_null_path", () =>
+            {
+                // output.return_images: path null, data = base64 of the encoded file. The bytes
+                // here are a PNG signature and the start of an IHDR chunk.
+                var encoded = new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52, 0xFF };
+                var returned =
+                    "{\"request_id\":\"r-8\",\"success\":true,\"data\":{\"generated_images\":[" +
+                    "{\"path\":null,\"seed\":42,\"width\":256,\"height\":256,\"format\":\"png\",\"data\":\"" + System.Convert.ToBase64String(encoded) + "\"}," +
+                    "{\"path\":\"/out/r-8_1_43.webp\",\"seed\":43,\"width\":256,\"height\":256,\"format\":\"webp\"}]}," +
+                    "\"error\":null,\"error_code\":null,\"error_number\":null,\"field_errors\":[],\"warnings\":[],\"execution_time\":1.0,\"timestamp\":1.0}";
+                var response = new EnhancedResponseHandler().HandleEnhancedResponse(returned, "fallback").EnsureSuccess();
+                Assert.Equal(2, response.Images.Count, "image count");
+                var inMemory = response.Images[0];
+                Assert.Equal(null, inMemory.Path, "Path of a returned image");
+                Assert.True(inMemory.Data != null, "Data of a returned image");
+                Assert.SequenceEqual(encoded, inMemory.Data, "Data decoded from base64");
+                Assert.Equal(42L, inMemory.Seed, "Seed");
+                Assert.Equal(256, inMemory.Width, "Width");
+                Assert.Equal("png", inMemory.Format, "Format");
+                var written = response.Images[1];
+                Assert.Equal("/out/r-8_1_43.webp", written.Path, "Path of a written image");
+                Assert.True(written.Data == null, "Data absent: " + (written.Data == null ? "" : written.Data.Length + " bytes"));
+                Assert.Equal("webp", written.Format, "Format");
+                Assert.True(new EnhancedResponseHandler().HandleEnhancedResponse(SuccessJson, "fallback").Images.All(i => i.Data == null), "no data in a files-only response");
+
+                // Not base64: the handler's INVALID_JSON failure, naming the image.
+                var broken = new EnhancedResponseHandler().HandleEnhancedResponse(returned.Replace(System.Convert.ToBase64String(encoded), "not*base64"), "fallback");
+                Assert.Equal(false, broken.Success, "Success with bad data");
+                Assert.Equal("INVALID_JSON", broken.ErrorCode, "ErrorCode with bad data");
+                Assert.Contains("generated_images[0].data", broken.Error, "Error names the image");
+            });
+
             runner.Add("response_error_maps_code_and_field_errors", () =>
             {
                 var response = new EnhancedResponseHandler().HandleEnhancedResponse(ValidationJson, "fallback");

@@ -359,6 +359,7 @@ namespace DeviceOperations.Sdxl.Tests
                 var output = Obj(data, "output");
                 Assert.Equal("png", Json.GetString(output, "format"), "format");
                 Assert.Equal("outputs/", Json.GetString(output, "save_path"), "save_path");
+                Assert.Missing(output, "return_images", "return_images unless the caller sets ReturnImages");
                 Assert.SequenceEqual(new[] { "enabled" }, Json.GetObject(output, "upscale").Keys, "disabled upscale members");
                 var batch = Obj(data, "batch");
                 Assert.Equal(1L, Json.GetLong(batch, "size").Value, "batch.size");
@@ -550,6 +551,22 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.Equal(true, Json.GetBool(upscale, "enabled", false), "upscale.enabled");
                 Assert.Equal(4L, Json.GetLong(upscale, "factor").Value, "upscale.factor");
                 Assert.Equal("lanczos", Json.GetString(upscale, "method"), "upscale.method");
+            });
+
+            runner.Add("transformer_sends_return_images_only_when_set", () =>
+            {
+                var request = Minimal();
+                request.Output = new OutputConfiguration { Format = "PNG", ReturnImages = true };
+                var output = Obj(Data(request), "output");
+                Assert.True(Json.Get(output, "return_images") is bool, "return_images is a JSON boolean: " + Json.Get(output, "return_images"));
+                Assert.Equal(true, Json.GetBool(output, "return_images", false), "return_images true");
+                Assert.Equal("outputs/", Json.GetString(output, "save_path"), "save_path still sent");
+                request.Output.ReturnImages = false;
+                Assert.Equal(false, Json.GetBool(Obj(Data(request), "output"), "return_images", true), "return_images false");
+                request.Output.ReturnImages = null;
+                Assert.Missing(Obj(Data(request), "output"), "return_images", "ReturnImages null");
+                request.Output = null;
+                Assert.Missing(Obj(Data(request), "output"), "return_images", "Output null");
             });
 
             runner.Add("transformer_upscale_model_picks_realesrgan_lanczos_or_names_the_weights", () =>
