@@ -134,3 +134,41 @@ fn return_images_gives_the_files_bytes_and_writes_nothing() {
     }
     assert!(!output.path().join("returned").exists(), "return_images wrote a file");
 }
+
+/// A request whose second file cannot be written (a directory stands at its name), and one
+/// whose disk is full (its temporary file is /dev/full): clear errors, no temporary file left,
+/// and the image already written is named.
+#[test]
+fn write_faults_leave_no_partial_file_and_name_what_was_written() {
+    let output = tempfile::tempdir().unwrap();
+    let config = json!({"device": "cpu", "output_dir": output.path(), "limits": {"min_size": 64}});
+    let engine = sdxl::Engine::from_json(&config.to_string()).unwrap();
+    let request = |id: &str, batch: u32| {
+        json!({"prompt": "a red cube", "models": {"base": "builtin:tiny"}, "dimensions": {"width": 64, "height": 64}, "batch": {"size": batch},
+            "hyperparameters": {"num_inference_steps": 1, "seed": 5}, "scheduler": "EulerDiscreteScheduler",
+            "output": {"save_path": "faults"}, "metadata": {"request_id": id}})
+        .to_string()
+    };
+    let dir = output.path().join("faults");
+    std::fs::create_dir_all(dir.join("blocked_1_6.png")).unwrap();
+    let response: Value = serde_json::from_str(&engine.handle_json(&request("blocked", 2))).unwrap();
+    assert_eq!(response["success"], false);
+    assert_eq!(response["error_code"], "IO_ERROR", "{response}");
+    let message = response["error"].as_str().unwrap();
+    assert!(message.contains("blocked_1_6.png") && message.contains("already written by this request") && message.contains("blocked_0_5.png"), "{message}");
+    assert!(dir.join("blocked_0_5.png").is_file(), "the first image stays");
+
+    // A full disk: the temporary file the engine writes is /dev/full (ENOSPC on write).
+    let temp = dir.join(format!(".full_0_5.png.{}.tmp", std::process::id()));
+    std::os::unix::fs::symlink("/dev/full", &temp).unwrap();
+    let response: Value = serde_json::from_str(&engine.handle_json(&request("full", 1))).unwrap();
+    assert_eq!(response["success"], false, "{response}");
+    assert!(response["error"].as_str().unwrap().contains("full_0_5.png"), "{response}");
+    assert!(!dir.join("full_0_5.png").exists(), "no partial image under the final name");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // The engine still works after both.
+    let response: Value = serde_json::from_str(&engine.handle_json(&request("after", 1))).unwrap();
+    assert_eq!(response["success"], true, "{response}");
+}

@@ -840,7 +840,18 @@ impl Engine {
                 (None, Some(base64::engine::general_purpose::STANDARD.encode(&bytes)))
             } else {
                 let name = crate::image::save::file_name(&plan.request_id, index, *seed, plan.format);
-                (Some(crate::image::save::write_atomically(&dir, &name, &bytes)?.display().to_string()), None)
+                match crate::image::save::write_atomically(&dir, &name, &bytes) {
+                    Ok(path) => (Some(path.display().to_string()), None),
+                    // The files written before this one are complete: say where they are.
+                    Err(err) => {
+                        let written: Vec<&str> = generated.iter().filter_map(|image: &GeneratedImage| image.path.as_deref()).collect();
+                        return Err(match (err, written.is_empty()) {
+                            (err, true) => err,
+                            (Error::Io(message), false) => Error::Io(format!("{message}; already written by this request: {}", written.join(", "))),
+                            (other, false) => other,
+                        });
+                    }
+                }
             };
             generated.push(GeneratedImage {
                 path,
