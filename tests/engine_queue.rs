@@ -205,7 +205,7 @@ fn ignored_fields_are_named_in_warnings_and_tags_are_echoed() {
             json!({
                 "precision": {"vae_dtype": "float16", "attention_slicing": true, "vae_slicing": false},
                 "batch": {"size": 2, "parallel": false},
-                "output": {"format": "webp", "quality": 80},
+                "output": {"format": "webp", "quality": 80, "lossless": true},
                 "metadata": {"request_id": "fields", "priority": "high", "tags": ["enhanced_sdxl", "c_sharp_service"]},
             }),
         ),

@@ -172,3 +172,31 @@ fn write_faults_leave_no_partial_file_and_name_what_was_written() {
     let response: Value = serde_json::from_str(&engine.handle_json(&request("after", 1))).unwrap();
     assert_eq!(response["success"], true, "{response}");
 }
+
+#[test]
+fn webp_is_lossy_at_the_requested_quality_or_lossless() {
+    use base64::Engine as _;
+    let output = tempfile::tempdir().unwrap();
+    let config = json!({"device": "cpu", "output_dir": output.path(), "limits": {"min_size": 64}});
+    let engine = sdxl::Engine::from_json(&config.to_string()).unwrap();
+    let run = |output: Value| -> (Vec<u8>, Value) {
+        let request = json!({"prompt": "a red cube", "models": {"base": "builtin:tiny"}, "dimensions": {"width": 128, "height": 128},
+            "hyperparameters": {"num_inference_steps": 2, "seed": 5}, "scheduler": "EulerDiscreteScheduler", "output": output});
+        let response: Value = serde_json::from_str(&engine.handle_json(&request.to_string())).unwrap();
+        assert_eq!(response["success"], true, "{response}");
+        let data = response["data"]["generated_images"][0]["data"].as_str().unwrap();
+        (base64::engine::general_purpose::STANDARD.decode(data).unwrap(), response)
+    };
+    let (png, _) = run(json!({"return_images": true}));
+    let pixels = image::load_from_memory(&png).unwrap().to_rgb8();
+    let (low, _) = run(json!({"return_images": true, "format": "webp", "quality": 20}));
+    let (high, _) = run(json!({"return_images": true, "format": "webp", "quality": 95}));
+    let (lossless, response) = run(json!({"return_images": true, "format": "webp", "lossless": true}));
+    assert!(response["warnings"].as_array().unwrap().iter().all(|w| !w.as_str().unwrap().contains("output.quality")), "{response}");
+    assert!(low.len() < high.len(), "quality 20 ({} bytes) should be smaller than 95 ({} bytes)", low.len(), high.len());
+    let decode = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().to_rgb8();
+    let error = |a: &image::RgbImage| a.as_raw().iter().zip(pixels.as_raw()).map(|(x, y)| x.abs_diff(*y) as u64).sum::<u64>();
+    assert!(error(&decode(&low)) > error(&decode(&high)), "lower quality should lose more");
+    assert!(error(&decode(&high)) > 0, "lossy WebP");
+    assert_eq!(decode(&lossless), pixels, "lossless WebP keeps every pixel");
+}

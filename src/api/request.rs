@@ -113,6 +113,8 @@ pub struct OutputConfig {
     pub upscale: Option<UpscaleConfig>,
     /// Put each encoded image in the response (base64) instead of writing a file.
     pub return_images: Option<bool>,
+    /// WebP only: lossless instead of lossy at `quality`.
+    pub lossless: Option<bool>,
 }
 
 /// `controlnet`: one object (the seed's shape) or an array of them. Deserialised by hand so

@@ -318,6 +318,8 @@ pub struct GenerationPlan {
     pub loras: Vec<LoraRequest>,
     pub format: ImageFormat,
     pub quality: u8,
+    /// `output.lossless` (WebP).
+    pub lossless: bool,
     /// Relative to the engine's output_dir; proven not to escape it.
     pub save_dir: PathBuf,
     /// `output.return_images`: the encoded images go back in the response, no file is written.
@@ -616,6 +618,7 @@ pub fn plan_request(
         loras,
         format,
         quality: quality as u8,
+        lossless: output.lossless.unwrap_or(false),
         save_dir,
         return_images: output.return_images.unwrap_or(false),
         batch_size: batch_size as u32,

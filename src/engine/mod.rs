@@ -833,7 +833,7 @@ impl Engine {
                     let chunks = [(crate::image::metadata::PARAMETERS_KEY, parameters.as_str()), (crate::image::metadata::REQUEST_KEY, replay)];
                     crate::image::metadata::encode_png(image, &chunks)?
                 }
-                _ => crate::image::save::encode(image, plan.format, plan.quality)?,
+                _ => crate::image::save::encode(image, plan.format, plan.quality, plan.lossless)?,
             };
             let (path, data) = if plan.return_images {
                 use base64::Engine as _;
@@ -965,10 +965,14 @@ impl Engine {
         if request.batch.as_ref().and_then(|batch| batch.parallel) == Some(false) && plan.batch_size > 1 {
             warnings.push(format!("batch.parallel false ignored: the {} images of a batch always run together as one batch", plan.batch_size));
         }
-        if plan.format == api::ImageFormat::Webp {
-            if let Some(quality) = request.output.as_ref().and_then(|output| output.quality) {
-                warnings.push(format!("output.quality {quality} ignored: WebP images are written lossless"));
+        let output = request.output.clone().unwrap_or_default();
+        if plan.format == api::ImageFormat::Webp && plan.lossless {
+            if let Some(quality) = output.quality {
+                warnings.push(format!("output.quality {quality} ignored: output.lossless writes lossless WebP"));
             }
+        }
+        if plan.format != api::ImageFormat::Webp && output.lossless.is_some() {
+            warnings.push(format!("output.lossless ignored: it applies to WebP, not {}", plan.format.name()));
         }
         Ok(warnings)
     }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::api::ImageFormat;
 use crate::error::{Error, Result};
 
-pub fn encode(image: &image::RgbImage, format: ImageFormat, quality: u8) -> Result<Vec<u8>> {
+/// Encodes `image`; `quality` (1–100) applies to JPEG and lossy WebP, `lossless` to WebP.
+pub fn encode(image: &image::RgbImage, format: ImageFormat, quality: u8, lossless: bool) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     let cursor = std::io::Cursor::new(&mut bytes);
     match format {
@@ -18,11 +19,11 @@ pub fn encode(image: &image::RgbImage, format: ImageFormat, quality: u8) -> Resu
             let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(cursor, quality);
             encoder.encode_image(image).map_err(|e| Error::Io(format!("jpeg encode: {e}")))?
         }
+        // libwebp: lossy at `quality`, or lossless (the image crate writes lossless only).
         ImageFormat::Webp => {
-            // The image crate writes lossless WebP only; quality does not apply.
-            image
-                .write_to(&mut std::io::BufWriter::new(cursor), image::ImageFormat::WebP)
-                .map_err(|e| Error::Io(format!("webp encode: {e}")))?
+            let encoder = webp::Encoder::from_rgb(image.as_raw(), image.width(), image.height());
+            let encoded = encoder.encode_simple(lossless, quality as f32).map_err(|e| Error::Io(format!("webp encode: {e:?}")))?;
+            bytes.extend_from_slice(&encoded);
         }
     }
     Ok(bytes)
