@@ -1,6 +1,7 @@
-/* Upscaling through the C ABI: a generation with output.upscale using the tiny ×2 Real-ESRGAN
- * fixture (the image comes back twice the size), the Lanczos method, and a missing upscaler
- * model refused at its field. Run from the repository root (run.sh does). */
+/* Upscaling and in-memory images through the C ABI: a generation with output.upscale using the
+ * tiny x2 Real-ESRGAN fixture (the image comes back twice the size), the Lanczos method, an
+ * image returned base64 instead of written (output.return_images), and a missing upscaler model
+ * refused at its field. Run from the repository root (run.sh does). */
 #define _POSIX_C_SOURCE 200809L
 
 #include <stdint.h>
@@ -34,6 +35,13 @@ int main(void) {
     response = sdxl_generate_json(engine, request);
     CHECK(response != NULL && is_success(response), "Lanczos response: %s", response ? response : "(null)");
     CHECK(contains(response, "\"width\":256"), "the ×4 image is not 256 wide: %s", response);
+    sdxl_string_free(response);
+
+    /* return_images: the encoded PNG comes back in the response (base64), no file. */
+    snprintf(request, sizeof request, "%s\"output\":{\"return_images\":true,\"upscale\":{\"enabled\":true,\"factor\":2,\"method\":\"lanczos\"}}}", BASE);
+    response = sdxl_generate_json(engine, request);
+    CHECK(response != NULL && is_success(response), "return_images response: %s", response ? response : "(null)");
+    CHECK(contains(response, "\"path\":null") && contains(response, "\"data\":\"iVBORw0KGgo"), "no base64 PNG in the response: %.300s", response);
     sdxl_string_free(response);
 
     snprintf(request, sizeof request, "%s\"output\":{\"upscale\":{\"enabled\":true,\"factor\":4,\"model\":\"/nonexistent/RealESRGAN_x4plus.pth\"}}}", BASE);
