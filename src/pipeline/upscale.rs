@@ -12,7 +12,7 @@ use crate::image::resize::opencv_lanczos4_resize;
 use crate::models::esrgan::RrdbNet;
 
 /// `RealESRGANer`'s default `pre_pad`.
-pub const DEFAULT_PRE_PAD: u32 = 10;
+pub(crate) const DEFAULT_PRE_PAD: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UpscaleSettings {
