@@ -4,14 +4,13 @@
 //! what differs read from the weights (conditioning embedding widths, transformer depths).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
 
 use super::safetensors_file::SafetensorsFile;
-use super::weights::{model_load_error, CountingBackend, WeightSet};
-use super::{component_files, refuse_pickle_checkpoint, resolve_model, ModelLocation};
+use super::weights::WeightSet;
+use super::{folder_files, place_network, refuse_pickle_checkpoint, resolve_model, ModelLocation};
 use crate::error::{Error, Result};
 use crate::models::offload::Placement;
 use crate::models::unet_2d_condition::PerBlock;
@@ -60,9 +59,7 @@ pub fn load_controlnet(location: &ModelLocation, unet: &UNetConfig, options: &Co
     let (files, config, origin): (Vec<Arc<SafetensorsFile>>, ControlNetConfig, String) = match location {
         ModelLocation::DiffusersFolder(dir) => {
             let config = read_config(&dir.join("config.json"))?;
-            let parent = dir.parent().unwrap_or(dir).to_path_buf();
-            let component = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            (component_files(&parent, &component, "diffusion_pytorch_model")?, config, format!("ControlNet folder {}", dir.display()))
+            (folder_files(dir, "diffusion_pytorch_model")?, config, format!("ControlNet folder {}", dir.display()))
         }
         ModelLocation::SingleFile(path) => {
             refuse_pickle_checkpoint(path)?;
@@ -78,19 +75,18 @@ pub fn load_controlnet(location: &ModelLocation, unet: &UNetConfig, options: &Co
     };
     check_fits(&config, unet)?;
     let weight_bytes = files.iter().map(|f| f.data_len() as u64).sum();
-    let counted = Arc::new(AtomicU64::new(0));
-    let weights = Box::new(CountingBackend::new(Arc::new(WeightSet::with_prefix(files, "", "controlnet")).into_backend(), counted.clone()));
+    let weights = Arc::new(WeightSet::with_prefix(files, "", "controlnet")).into_backend();
     let build_config = config.clone();
     let build: crate::models::offload::NetworkBuilder<ControlNetModel> = Box::new(move |vb| ControlNetModel::new(vb, &build_config));
-    let (network, _) = if options.cpu_offload {
-        Placement::offloaded(weights, "", options.dtype, options.device, build)
-    } else {
-        Placement::resident(weights, "", options.dtype, options.device, build)
-    }
-    .map_err(|e| model_load_error(e, "controlnet"))?;
-    let bytes = counted.load(Ordering::Relaxed);
-    let (device_weight_bytes, host_weight_bytes) = if options.cpu_offload { (0, bytes) } else { (bytes, 0) };
-    Ok(LoadedControlNet { network, dtype: options.dtype, description: origin, weight_bytes, device_weight_bytes, host_weight_bytes })
+    let placed = place_network(weights, "", "controlnet", options.dtype, options.device, options.cpu_offload, build)?;
+    Ok(LoadedControlNet {
+        network: placed.network,
+        dtype: options.dtype,
+        description: origin,
+        weight_bytes,
+        device_weight_bytes: placed.device_weight_bytes,
+        host_weight_bytes: placed.host_weight_bytes,
+    })
 }
 
 fn read_config(path: &PathBuf) -> Result<ControlNetConfig> {

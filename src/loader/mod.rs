@@ -357,6 +357,37 @@ fn component_files(dir: &Path, component: &str, stem: &str) -> Result<Vec<Arc<Sa
     Err(Error::ModelLoad(format!("{} has no {stem}.safetensors (or .fp16 / sharded variant)", folder.display())))
 }
 
+/// The safetensors files of a component folder given by its own path (a VAE or ControlNet
+/// folder), as [`component_files`] finds them.
+fn folder_files(folder: &Path, stem: &str) -> Result<Vec<Arc<SafetensorsFile>>> {
+    let parent = folder.parent().unwrap_or(folder);
+    let component = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    component_files(parent, &component, stem)
+}
+
+/// A network loaded on its own (a VAE or a ControlNet) and the bytes its weights take on the
+/// device and in host memory (`cpu_offload` keeps them on the host).
+pub(crate) struct PlacedNetwork<T> {
+    pub network: Placement<T>,
+    pub device_weight_bytes: u64,
+    pub host_weight_bytes: u64,
+}
+
+/// Builds a network on its own, resident or offloaded, counting what its weights take.
+fn place_network<T>(weights: Box<dyn SimpleBackend>, root: &str, label: &str, dtype: DType, device: &Device, cpu_offload: bool, build: NetworkBuilder<T>) -> Result<PlacedNetwork<T>> {
+    let counted = Arc::new(AtomicU64::new(0));
+    let weights: Box<dyn SimpleBackend> = Box::new(CountingBackend::new(weights, counted.clone()));
+    let (network, _) = if cpu_offload {
+        Placement::offloaded(weights, root, dtype, device, build)
+    } else {
+        Placement::resident(weights, root, dtype, device, build)
+    }
+    .map_err(|e| model_load_error(e, label))?;
+    let bytes = counted.load(Ordering::Relaxed);
+    let (device_weight_bytes, host_weight_bytes) = if cpu_offload { (0, bytes) } else { (bytes, 0) };
+    Ok(PlacedNetwork { network, device_weight_bytes, host_weight_bytes })
+}
+
 fn total_bytes(files: &[Arc<SafetensorsFile>]) -> u64 {
     files.iter().map(|f| f.data_len() as u64).sum()
 }

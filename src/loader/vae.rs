@@ -3,15 +3,14 @@
 //! (`precision.vae_dtype`, and the float32 retry of a half-precision decode that overflowed).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use candle_nn::var_builder::SimpleBackend;
 
 use super::safetensors_file::SafetensorsFile;
-use super::weights::{model_load_error, CountingBackend, WeightSet};
-use super::{builtin, component_files, refuse_pickle_checkpoint, resolve_model, single_file, ModelLocation};
+use super::weights::WeightSet;
+use super::{builtin, folder_files, place_network, refuse_pickle_checkpoint, resolve_model, single_file, ModelLocation};
 use crate::error::{Error, Result};
 use crate::models::offload::Placement;
 use crate::models::{AutoencoderKL, UNetConfig, VaeConfig};
@@ -78,9 +77,7 @@ pub fn load_vae(location: &ModelLocation, fallback_config: &VaeConfig, unet: &UN
             let text = std::fs::read_to_string(folder.join("config.json")).map_err(|e| Error::ModelLoad(format!("{}: {e}", folder.join("config.json").display())))?;
             let config = VaeConfig::from_json(&text)?;
             super::check_latent_channels(&config, unet)?;
-            let parent = folder.parent().unwrap_or(&folder).to_path_buf();
-            let component = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let files = component_files(&parent, &component, "diffusion_pytorch_model")?;
+            let files = folder_files(&folder, "diffusion_pytorch_model")?;
             let bytes = files.iter().map(|f| f.data_len() as u64).sum();
             (config, Arc::new(WeightSet::with_prefix(files, "", "vae")).into_backend(), format!("VAE folder {}", folder.display()), bytes)
         }
@@ -113,19 +110,17 @@ pub fn load_vae(location: &ModelLocation, fallback_config: &VaeConfig, unet: &UN
         ModelLocation::Builtin | ModelLocation::BuiltinSdxlRandom | ModelLocation::BuiltinSdxlRefinerRandom => "vae",
         _ => "",
     };
-    let counted = Arc::new(AtomicU64::new(0));
-    let weights: Box<dyn SimpleBackend> = Box::new(CountingBackend::new(weights, counted.clone()));
     let build_config = config.clone();
     let build: crate::models::offload::NetworkBuilder<AutoencoderKL> = Box::new(move |vb| AutoencoderKL::new(vb, &build_config));
-    let (network, _) = if options.cpu_offload {
-        Placement::offloaded(weights, root, options.dtype, options.device, build)
-    } else {
-        Placement::resident(weights, root, options.dtype, options.device, build)
-    }
-    .map_err(|e| model_load_error(e, "vae"))?;
-    let bytes = counted.load(Ordering::Relaxed);
-    let (device_weight_bytes, host_weight_bytes) = if options.cpu_offload { (0, bytes) } else { (bytes, 0) };
-    Ok(VaeModel { network, dtype: options.dtype, description, weight_bytes, device_weight_bytes, host_weight_bytes })
+    let placed = place_network(weights, root, "vae", options.dtype, options.device, options.cpu_offload, build)?;
+    Ok(VaeModel {
+        network: placed.network,
+        dtype: options.dtype,
+        description,
+        weight_bytes,
+        device_weight_bytes: placed.device_weight_bytes,
+        host_weight_bytes: placed.host_weight_bytes,
+    })
 }
 
 /// A VAE folder has `config.json`; a pipeline folder has it under `vae/`.
