@@ -38,6 +38,16 @@ pub enum ModelLocation {
     SingleFile(PathBuf),
 }
 
+impl ModelLocation {
+    /// The file or folder, for models that have one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ModelLocation::DiffusersFolder(path) | ModelLocation::SingleFile(path) => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// `name` as given; an existing path; `models_dir/<name>.safetensors`; `models_dir/<name>/`.
 pub fn resolve_model(name: &str, models_dir: Option<&Path>) -> Result<ModelLocation> {
     if name == builtin::BUILTIN_TINY {
@@ -568,11 +578,11 @@ impl EncoderWeights {
             names.sort_by(|a, b| a.0.cmp(b.0));
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             for (name, file) in names {
-                let (dtype, shape, bytes) = file.raw(&format!("{}{name}", self.prefix))?;
+                let (dtype, shape, bytes) = file.raw(&format!("{}{name}", self.prefix)).ok()?;
                 // transformers 4 and 5 name CLIPTextModel's weights with and without `text_model.`.
                 name.strip_prefix("text_model.").unwrap_or(name).hash(&mut hasher);
                 (dtype, shape).hash(&mut hasher);
-                hasher.write(bytes);
+                hasher.write(&bytes);
             }
             Some(hasher.finish())
         })
