@@ -19,7 +19,16 @@ pub fn prepare_control_image(field: &str, source: &str, canny: Option<&CannySett
         if let Some(resolution) = settings.resolution {
             let shorter = image.width().min(image.height()).max(1);
             let scale = resolution as f64 / shorter as f64;
-            let (w, h) = (((image.width() as f64 * scale).round() as u32).max(1), ((image.height() as f64 * scale).round() as u32).max(1));
+            let (w, h) = ((image.width() as f64 * scale).round().max(1.0), (image.height() as f64 * scale).round().max(1.0));
+            // An extreme aspect ratio scaled by its shorter side would grow without bound.
+            let largest = super::MAX_IMAGE_SIDE as f64;
+            if w > largest || h > largest {
+                return Err(crate::error::Error::validation(
+                    field,
+                    format!("a {}x{} image scaled to the preprocessor's resolution {resolution} would be {w}x{h}, over {largest} pixels per side", image.width(), image.height()),
+                ));
+            }
+            let (w, h) = (w as u32, h as u32);
             if (w, h) != image.dimensions() {
                 image = super::resize::lanczos_resize(&image, w, h);
             }

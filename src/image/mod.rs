@@ -58,7 +58,30 @@ pub fn load_image(field: &str, source: &str) -> Result<image::RgbImage> {
             .decode(payload.trim())
             .map_err(|_| Error::validation(field, "neither an existing file nor valid base64 image data"))?
     };
-    Ok(image::load_from_memory(&bytes).map_err(|e| Error::validation(field, format!("not a readable png/jpeg/webp image: {e}")))?.to_rgb8())
+    decode_bounded(field, &bytes)
+}
+
+/// The largest side an input image may have. A few hundred bytes of JPEG or PNG can claim
+/// any size; without a bound they would decode to gigabytes (found by fuzzing).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// Decodes to RGB, refusing before the pixels are allocated an image wider or taller than
+/// [`MAX_IMAGE_SIDE`], or one whose decoder would need more than 512 MiB.
+fn decode_bounded(field: &str, bytes: &[u8]) -> Result<image::RgbImage> {
+    let unreadable = |e: image::ImageError| Error::validation(field, format!("not a readable png/jpeg/webp image: {e}"));
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(e.into()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(512 << 20);
+    reader.limits(limits);
+    match reader.decode() {
+        Ok(decoded) => Ok(decoded.to_rgb8()),
+        Err(image::ImageError::Limits(limit)) => {
+            Err(Error::validation(field, format!("image too large ({limit}): at most {MAX_IMAGE_SIDE} pixels per side")))
+        }
+        Err(e) => Err(unreadable(e)),
+    }
 }
 
 /// Reads an img2img source: a file path, or base64 (with or without a `data:` prefix).
