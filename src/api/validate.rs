@@ -838,6 +838,9 @@ fn check_dimension(field: &str, value: Option<i64>, limits: &Limits, errors: &mu
 /// output_dir, so absolute paths and `..` are refused rather than resolved.
 fn relative_save_dir(save_path: &str) -> std::result::Result<PathBuf, String> {
     let path = Path::new(save_path);
+    if save_path.chars().any(char::is_control) {
+        return Err(format!("save_path {save_path:?} contains control characters"));
+    }
     if path.is_absolute() || save_path.starts_with('\\') || save_path.contains(':') {
         return Err(format!("save_path '{save_path}' must be relative to the engine's output_dir"));
     }

@@ -39,6 +39,23 @@ pub fn file_name(request_id: &str, index: usize, seed: u64, format: ImageFormat)
     format!("{safe}_{index}_{seed}.{}", format.extension())
 }
 
+/// `output_dir/relative`, refused when a symbolic link on the way leads out of `output_dir`
+/// (`relative` itself is already free of `..` and absolute parts). Only the part of the path
+/// that exists is checked, so it holds before and after the folders are created.
+pub fn confined_dir(output_dir: &Path, relative: &Path) -> Result<PathBuf> {
+    let dir = output_dir.join(relative);
+    let root = output_dir.canonicalize().map_err(|e| Error::Io(format!("output_dir {}: {e}", output_dir.display())))?;
+    let existing = dir.ancestors().find(|ancestor| ancestor.exists()).unwrap_or(output_dir);
+    let resolved = existing.canonicalize().map_err(|e| Error::Io(format!("{}: {e}", existing.display())))?;
+    if !resolved.starts_with(&root) {
+        return Err(Error::validation(
+            "output.save_path",
+            format!("{} leads to {} through a symbolic link, outside the engine's output_dir", existing.display(), resolved.display()),
+        ));
+    }
+    Ok(dir)
+}
+
 /// Writes `bytes` to `dir/name` atomically and returns the final path.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
