@@ -36,6 +36,11 @@ pub struct EngineConfig {
     /// Seconds a request may run when it does not set `metadata.timeout`; None: no limit. The
     /// clock starts when the request leaves the queue (see `Engine::handle_json`).
     pub timeout_s: Option<f64>,
+    /// Requests name models, VAEs, ControlNets, LoRAs and upscalers by name only, found under
+    /// `models_dir`: a path (absolute, or with `..`) or a name that resolves elsewhere is
+    /// refused at its field. Off by default: the seed accepted paths. Links the operator puts
+    /// inside `models_dir` are followed (shared model stores are often mounted that way).
+    pub models_dir_only: bool,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +57,7 @@ impl Default for EngineConfig {
             max_memory_gb: None,
             cpu_offload: false,
             timeout_s: None,
+            models_dir_only: false,
         }
     }
 }
@@ -128,6 +134,9 @@ impl EngineConfig {
         }
         if let Some(timeout) = self.timeout_s.filter(|t| !(*t > 0.0 && t.is_finite())) {
             errors.push(FieldError::new("timeout_s", format!("{timeout} must be a finite number of seconds above 0")));
+        }
+        if self.models_dir_only && self.models_dir.is_none() {
+            errors.push(FieldError::new("models_dir_only", "needs a models_dir to find names in"));
         }
         if errors.is_empty() {
             Ok(())
