@@ -79,7 +79,8 @@ impl Subscriber for HostSubscriber {
         let mut visitor = MessageVisitor { message: String::new() };
         event.record(&mut visitor);
         if let Some(sink) = SINK.read().as_ref() {
-            sink(level_number(event.metadata().level()), event.metadata().target(), &visitor.message);
+            // A sink that panics loses its line; the code that logged carries on.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(level_number(event.metadata().level()), event.metadata().target(), &visitor.message)));
         }
     }
 

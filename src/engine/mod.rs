@@ -560,12 +560,20 @@ impl Engine {
         let (refiner, vae) = (text("refiner")?, text("vae")?);
         // Every name resolves before anything is loaded or evicted, as for a request.
         let models_dir = self.config.models_dir.as_deref();
+        let policy = self.name_policy();
         let mut missing = Vec::new();
-        if let Some(Err(err)) = refiner.as_deref().map(|name| loader::resolve_model(name, models_dir)) {
-            missing.push(crate::error::FieldError::new("refiner", err.to_string()));
+        // The base's own lookup comes later (a cached name needs none); a path is refused here.
+        let base_location = loader::resolve_model(&name, models_dir).ok();
+        missing.extend(policy.check("base", &name, base_location.as_ref().and_then(|location| location.path())).err());
+        match refiner.as_deref().map(|name| loader::resolve_model(name, models_dir)) {
+            Some(Err(err)) => missing.push(crate::error::FieldError::new("refiner", err.to_string())),
+            Some(Ok(location)) => missing.extend(policy.check("refiner", refiner.as_deref().unwrap_or_default(), location.path()).err()),
+            None => {}
         }
-        if let Some(Err(err)) = vae.as_deref().map(|name| loader::vae::resolve_vae(name, models_dir)) {
-            missing.push(crate::error::FieldError::new("vae", err.to_string()));
+        match vae.as_deref().map(|name| loader::vae::resolve_vae(name, models_dir)) {
+            Some(Err(err)) => missing.push(crate::error::FieldError::new("vae", err.to_string())),
+            Some(Ok(location)) => missing.extend(policy.check("vae", vae.as_deref().unwrap_or_default(), location.path()).err()),
+            None => {}
         }
         // "controlnet": a name or path, or an array of them (loaded with the base's dtype).
         let controlnets: Vec<(String, String)> = match fields.get("controlnet") {
@@ -582,8 +590,9 @@ impl Engine {
             Some(_) => return Err(Error::validation("controlnet", "must be a ControlNet name or path, or an array of them")),
         };
         for (field, name) in &controlnets {
-            if let Err(err) = loader::controlnet::resolve_controlnet(Some(name), "canny", models_dir) {
-                missing.push(crate::error::FieldError::new(field.clone(), err.to_string()));
+            match loader::controlnet::resolve_controlnet(Some(name), "canny", models_dir) {
+                Ok(location) => missing.extend(policy.check(field, name, location.path()).err()),
+                Err(err) => missing.push(crate::error::FieldError::new(field.clone(), err.to_string())),
             }
         }
         if !missing.is_empty() {
@@ -653,6 +662,10 @@ impl Engine {
         }
     }
 
+    fn name_policy(&self) -> preflight::NamePolicy<'_> {
+        preflight::NamePolicy { models_dir: self.config.models_dir.as_deref(), models_dir_only: self.config.models_dir_only }
+    }
+
     fn failure(&self, request_id: String, err: &Error, warnings: Vec<String>, started: Instant) -> String {
         *self.last_error.lock() = Some(err.to_string());
         Response::<Value>::failure(request_id, err, warnings, started.elapsed().as_secs_f64()).to_json()
@@ -662,7 +675,10 @@ impl Engine {
         let data = api::normalize_legacy_fields(data);
         let request = api::parse_request(data)?;
         let mut plan = api::plan_request(&request, request_id.to_string(), &self.config.limits, random_seed)?;
-        preflight::check_names_resolve(&plan, self.config.models_dir.as_deref(), |name| self.models.lock().keys().any(|key| key.name == name))?;
+        preflight::check_names_resolve(&plan, self.name_policy(), |name| self.models.lock().keys().any(|key| key.name == name))?;
+        if !plan.return_images {
+            crate::image::save::confined_dir(&self.config.output_dir, &plan.save_dir)?;
+        }
         warnings.append(&mut plan.warnings);
         warnings.extend(self.fields_not_honoured(&request, &plan)?);
         let replay = replay_json(&request, &plan)?;
@@ -798,24 +814,29 @@ impl Engine {
         let peak_memory_measure = memory::start_request_peak(&self.device);
         // The device pool keeps its own high-water mark; only the resident set needs sampling.
         let sampled_peak = (peak_memory_measure == memory::PEAK_OF_PROCESS_RESIDENT_SET).then_some(0);
-        let mut observer = EngineObserver { engine: self, request_id: &plan.request_id, cancelled, deadline_s, started: running_since, sampled_peak };
+        let callback_panic = Mutex::new(None);
+        let mut observer =
+            EngineObserver { engine: self, request_id: &plan.request_id, cancelled, deadline_s, started: running_since, sampled_peak, callback_panic: &callback_panic };
         let mut ctx = RunContext { device: &self.device, noise_kernel: self.noise_kernel, progress: &mut observer, started };
-        let mut batch = pipeline::generate(models, plan, init_image, &mut ctx, None).map_err(|err| match err {
+        // A stop asked by the progress callback, the clock or a panicking callback.
+        let why_stopped = |err: Error| match err {
             Error::Cancelled if running_since.elapsed().as_secs_f64() > deadline_s => Error::Timeout(deadline_s),
+            Error::Cancelled => match callback_panic.lock().take() {
+                Some(message) => Error::Internal(format!("the progress callback panicked ({message}); the request was stopped")),
+                None => Error::Cancelled,
+            },
             other => other,
-        })?;
+        };
+        let mut batch = pipeline::generate(models, plan, init_image, &mut ctx, None).map_err(why_stopped)?;
         warnings.append(&mut batch.warnings);
         if let Some(upscale) = &plan.upscale {
             let upscale_start = Instant::now();
-            self.upscale_batch(upscale, &mut batch, &mut ctx, model.dtype).map_err(|err| match err {
-                Error::Cancelled if running_since.elapsed().as_secs_f64() > deadline_s => Error::Timeout(deadline_s),
-                other => other,
-            })?;
+            self.upscale_batch(upscale, &mut batch, &mut ctx, model.dtype).map_err(why_stopped)?;
             batch.stage_times.upscale = upscale_start.elapsed().as_secs_f64();
         }
 
         let save_start = Instant::now();
-        let dir = self.config.output_dir.join(&plan.save_dir);
+        let dir = crate::image::save::confined_dir(&self.config.output_dir, &plan.save_dir)?;
         let mut generated = Vec::new();
         for (index, (image, seed)) in batch.images.iter().zip(&batch.seeds).enumerate() {
             ctx.progress.on_progress(&ProgressEvent {
@@ -1128,6 +1149,9 @@ struct EngineObserver<'a> {
     started: Instant,
     /// Highest resident set seen at a progress event; None when the device pool measures the peak.
     sampled_peak: Option<u64>,
+    /// The message of a host progress callback that panicked: the request stops, and its
+    /// response says why instead of "cancelled".
+    callback_panic: &'a Mutex<Option<String>>,
 }
 
 impl ProgressObserver for EngineObserver<'_> {
@@ -1147,9 +1171,14 @@ impl ProgressObserver for EngineObserver<'_> {
             return false;
         }
         let mut callback = self.engine.progress.lock();
-        match callback.as_mut() {
-            Some(callback) => callback(self.request_id, event),
-            None => true,
+        let Some(callback) = callback.as_mut() else { return true };
+        // A panic must not unwind through the pipeline (nor, through the C ABI, into the host).
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(self.request_id, event))) {
+            Ok(go_on) => go_on,
+            Err(payload) => {
+                *self.callback_panic.lock() = Some(crate::error::panic_message(payload.as_ref()));
+                false
+            }
         }
     }
 }

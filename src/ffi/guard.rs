@@ -54,12 +54,7 @@ fn install_quiet_panic_hook() {
                 return;
             }
             let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-            let payload = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let payload = crate::error::panic_message(info.payload());
             tracing::error!("panic{location}: {payload}");
         }));
     });
@@ -72,11 +67,7 @@ pub fn guard<T>(on_error: impl FnOnce(&Error) -> T, body: impl FnOnce() -> Resul
         Ok(Ok(value)) => return value,
         Ok(Err(err)) => err,
         Err(payload) => {
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let text = crate::error::panic_message(payload.as_ref());
             Error::Internal(format!("panic caught at the C ABI boundary: {text}"))
         }
     };
