@@ -3,7 +3,9 @@
 # C tests with -Wall -Wextra -Werror and runs each under valgrind; any compiler warning,
 # failed check, memory error or definite leak fails the script. cancel_request races a cancel
 # against the next request: a few races under valgrind (memory), then 2000 without it (timing;
-# SDXL_RACE_ITERATIONS changes the count).
+# SDXL_RACE_ITERATIONS changes the count). Then each program again, built with AddressSanitizer
+# (gcc's libasan): the C side instrumented, every allocation of the process (the library's
+# too) checked for double and invalid frees, and LeakSanitizer's leak check at exit.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -56,12 +58,26 @@ for program in "${programs[@]}"; do
         status=1
     fi
 done
+# AddressSanitizer needs gcc's libasan (libgcc-*-dev, installed with gcc) and ptrace-free
+# LeakSanitizer; SDXL_NO_ASAN=1 skips this pass.
+if [ "${SDXL_NO_ASAN:-0}" != 1 ]; then
+    for program in "${programs[@]}"; do
+        echo "== AddressSanitizer tests/c/build/$program.asan"
+        "$CC" -std=c11 -g -pthread -fsanitize=address -fno-omit-frame-pointer "${warnings[@]}" -I include \
+            -o "$build_dir/$program.asan" "tests/c/$program.c" -L "$lib_dir" -lsdxl -Wl,-rpath,"$lib_dir"
+        if ! SDXL_RACE_ITERATIONS=50 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 \
+            LSAN_OPTIONS=suppressions="$root/tests/c/lsan.supp":print_suppressions=0 "$build_dir/$program.asan"; then
+            echo "FAILED: $program under AddressSanitizer" >&2
+            status=1
+        fi
+    done
+fi
 echo "== run tests/c/build/cancel_request (${SDXL_RACE_ITERATIONS:-2000} races at full speed)"
 if ! SDXL_RACE_ITERATIONS="${SDXL_RACE_ITERATIONS:-2000}" "$build_dir/cancel_request"; then
     echo "FAILED: cancel_request (full speed)" >&2
     status=1
 fi
 if [ "$status" -eq 0 ]; then
-    echo "tests/c: all programs passed${run_checked[0]:+ under valgrind}"
+    echo "tests/c: all programs passed${run_checked[0]:+ under valgrind}, and under AddressSanitizer unless SDXL_NO_ASAN=1"
 fi
 exit "$status"
