@@ -436,6 +436,9 @@ namespace DeviceOperations.Sdxl
         public double? MaxMemoryGb { get; set; }
         /// <summary>Default of precision.cpu_offload: text encoders and VAE stay in host memory.</summary>
         public bool? CpuOffload { get; set; }
+        /// <summary>models_dir_only: requests name models, VAEs, ControlNets, LoRAs and upscalers
+        /// by name under ModelsDir, never by path (for requests from untrusted callers).</summary>
+        public bool? ModelsDirOnly { get; set; }
 
         /// <summary>Numbers JSON cannot carry (NaN, infinity), with their config paths: refused
         /// by SdxlEngine.Create rather than written as null (which would mean the default).</summary>
@@ -479,6 +482,7 @@ namespace DeviceOperations.Sdxl
                 .Add("max_loaded_models", MaxLoadedModels)
                 .Add("max_memory_gb", MaxMemoryGb)
                 .Add("cpu_offload", CpuOffload)
+                .Add("models_dir_only", ModelsDirOnly)
                 .ToString();
         }
     }

@@ -131,6 +131,16 @@ namespace DeviceOperations.Sdxl.Tests
                 Assert.SequenceEqual(new[] { "limits.max_guidance" }, ex.FieldErrors.Select(e => e.Field), "limit fields");
             });
 
+            runner.Add("models_dir_only_reaches_the_engine_config_and_needs_a_models_dir", () =>
+            {
+                var json = Json.ParseObject(new SdxlEngineConfig { ModelsDir = "/models", ModelsDirOnly = true }.ToJson());
+                Assert.Equal(true, Json.GetBool(json, "models_dir_only", false), "models_dir_only in " + Assert.Show(json.Keys));
+                Assert.Missing(Json.ParseObject(new SdxlEngineConfig().ToJson()), "models_dir_only", "unset: the engine's default");
+                var ex = Assert.Throws<SdxlException>(() => SdxlEngine.Create(new SdxlEngineConfig { Device = "cpu", ModelsDirOnly = true }), "ModelsDirOnly without ModelsDir");
+                Assert.Equal(SdxlErrorCode.Validation, ex.Code, "code (" + ex.Message + ")");
+                Assert.True(ex.Message.Contains("models_dir_only"), "the message names the field: " + ex.Message);
+            });
+
             runner.Add("json_reader_accessors_refuse_numbers_they_would_narrow", () =>
             {
                 Func<string, Dictionary<string, object>> obj = n => Json.ParseObject("{\"n\":" + n + "}");

@@ -24,6 +24,7 @@ namespace DeviceOperations.Sdxl.Tests
             PackagingTests.Register(runner);
             EndToEndTests.Register(runner);
             CancellationTests.Register(runner);
+            ReliabilityTests.Register(runner);
             var failures = runner.Run(args, EndToEndTests.Cleanup);
             return Math.Min(failures, 125);
         }
