@@ -4,6 +4,9 @@
 #   2. include/sdxl.h        regenerated with cbindgen; fails if it differs from the committed header
 #   3. tests/c/run.sh        the header compiled on its own as C and C++, the C programs under valgrind
 #   4. .NET tests            with Mono, when mcs and mono are installed (SDXL_SKIP_DOTNET=1 skips them)
+#   5. fuzz smoke            every fuzz target 20 s under libFuzzer + ASan (tools/fuzz/run.sh smoke;
+#                            installs nightly Rust and cargo-fuzz through rustup when missing, builds
+#                            the fuzzers: ~10 min cold; SDXL_NO_FUZZ=1 skips it)
 # Needs: cargo, gcc and g++ (checked first, before anything is built). cbindgen, at the version
 # cbindgen.toml names, is installed into target/tools/ when it is not on PATH. Without valgrind
 # the C programs run without it (said so below); without Mono the .NET tests are skipped.
@@ -63,5 +66,13 @@ else
     echo "==== .NET tests skipped (no mcs/mono; CI installs them)"
 fi
 # ------------------------------------------------------------------------------
+
+if [[ "${SDXL_NO_FUZZ:-0}" != 1 ]] && command -v rustup >/dev/null 2>&1; then
+    echo "==== fuzz smoke (tools/fuzz/run.sh smoke 20)"
+    tools/fuzz/run.sh build
+    tools/fuzz/run.sh smoke 20
+else
+    echo "==== fuzz smoke skipped (SDXL_NO_FUZZ=1, or no rustup to install nightly Rust with)"
+fi
 
 echo "==== all tests passed"
