@@ -38,24 +38,11 @@ fn image_bytes(response: &Value) -> Vec<u8> {
     image::load_from_memory(&png).unwrap().to_rgb8().into_raw()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn model_files_deleted_or_rewritten_after_loading_leave_the_cached_model_serving() {
     let scratch = tempfile::tempdir().unwrap();
     let folder = scratch.path().join("tiny-sdxl");
-    copy_dir(&common::fixtures().join("tiny-sdxl"), &folder);
+    common::copy_dir(&common::fixtures().join("tiny-sdxl"), &folder);
     let single = scratch.path().join("tiny-sdxl.safetensors");
     std::fs::copy(common::fixtures().join("tiny-sdxl.safetensors"), &single).unwrap();
     let engine = engine(scratch.path());

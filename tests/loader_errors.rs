@@ -8,19 +8,6 @@ use common::*;
 use sdxl::loader::{self, resolve_model, ModelLocation};
 use sdxl::Error;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sdxl-loader-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

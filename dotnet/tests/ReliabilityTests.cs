@@ -1,8 +1,10 @@
 // Hardening (issue 16): a throwing progress or log handler costs its own report or line and
 // nothing else, and a soak through SdxlEnginePool loses no request and makes, under load, the
-// same pixels as one engine running the same requests one by one. Against the real libsdxl
-// with builtin:tiny at 64x64 on CPU, raw request JSON (the transformer's 256 minimum does not
-// apply to it), images returned in the response (output.return_images).
+// same pixels as one engine running the same requests one by one. Against the real libsdxl on
+// CPU at 64x64, raw request JSON (the transformer's 256 minimum does not apply to it), images
+// returned in the response (output.return_images). The soak runs the mix of tests/soak.rs:
+// schedulers on builtin:tiny, LoRA on and off and img2img on the tiny-sdxl fixture (the LoRA
+// fixtures fit it only), cancels and invalid requests.
 
 using System;
 using System.Collections.Generic;
@@ -42,6 +44,17 @@ namespace DeviceOperations.Sdxl.Tests
             public long Seed;
             public int Steps;
 
+            /// <summary>A folder under tests/fixtures as the base model; null: builtin:tiny.</summary>
+            public string Model;
+
+            /// <summary>A LoRA under tests/fixtures/lora (file stem), or null for none.</summary>
+            public string Lora;
+
+            public double LoraWeight;
+
+            /// <summary>img2img from tests/fixtures/esrgan/input_48x40.png at strength 0.6.</summary>
+            public bool Img2Img;
+
             public Spec(string scheduler, long seed, int steps)
             {
                 Scheduler = scheduler;
@@ -49,9 +62,19 @@ namespace DeviceOperations.Sdxl.Tests
                 Steps = steps;
             }
 
+            /// <summary>The same request with another step count.</summary>
+            public Spec WithSteps(int steps)
+            {
+                var copy = (Spec)MemberwiseClone();
+                copy.Steps = steps;
+                return copy;
+            }
+
             public override string ToString()
             {
-                return Scheduler + " seed " + Seed + " steps " + Steps;
+                return (Model ?? "builtin:tiny") + " " + Scheduler + " seed " + Seed + " steps " + Steps
+                    + (Lora != null ? " lora " + Lora + "@" + LoraWeight.ToString(CultureInfo.InvariantCulture) : "")
+                    + (Img2Img ? " img2img" : "");
             }
         }
 
@@ -72,12 +95,25 @@ namespace DeviceOperations.Sdxl.Tests
             public string Problem;
         }
 
+        private const string TinySdxl = "tiny-sdxl";
+
+        /// <summary>The soak's specs. Task t's successes take specs t, t+1, t+3 and t+5, its
+        /// cancel t+2 and its invalid request t+4 (mod 12), so indices 4..7, the tiny-sdxl
+        /// specs, are the most used: 15 of the 32 successes, the 4 invalid requests of tasks
+        /// 0..3, and the cancels of tasks 2..5 (kohya LoRA and img2img cancelled while running).
+        /// The three text-to-image tiny-sdxl specs share a seed: LoRA off, kohya and PEFT must
+        /// make different images, and a LoRA must not stay fused into the next request.</summary>
         private static readonly Spec[] SoakSpecs =
         {
             new Spec("EulerDiscreteScheduler", 1, 1),
             new Spec("DPMSolverMultistepScheduler", 2, 2),
             new Spec("DDIMScheduler", 3, 3),
             new Spec("EulerAncestralDiscreteScheduler", 4, 2),
+            new Spec("EulerDiscreteScheduler", 11, 2) { Model = TinySdxl },
+            new Spec("EulerDiscreteScheduler", 11, 2) { Model = TinySdxl, Lora = "tiny_lora_kohya", LoraWeight = 0.8 },
+            new Spec("EulerDiscreteScheduler", 11, 2) { Model = TinySdxl, Lora = "tiny_lora_peft", LoraWeight = 0.5 },
+            // 4 steps at strength 0.6: 2 denoising steps.
+            new Spec("EulerDiscreteScheduler", 12, 4) { Model = TinySdxl, Img2Img = true },
             new Spec("EulerDiscreteScheduler", 5, 3),
             new Spec("DPMSolverMultistepScheduler", 6, 1),
             new Spec("DDIMScheduler", 7, 2),
@@ -103,17 +139,34 @@ namespace DeviceOperations.Sdxl.Tests
             return new SdxlEngineConfig { Device = "cpu", OutputDir = outputDir, Limits = new SdxlLimits { MinSize = 64 } };
         }
 
-        /// <summary>An inference_request envelope for builtin:tiny at 64x64 whose image comes
-        /// back in the response. The id is the envelope's only: data (which the PNG's
-        /// sdxl_request chunk records) is the same for the same spec.</summary>
+        private static string Fixture(params string[] parts)
+        {
+            return new[] { AbiTests.RepoRoot(), "tests", "fixtures" }.Concat(parts).Aggregate(Path.Combine);
+        }
+
+        /// <summary>An inference_request envelope at 64x64 whose image comes back in the
+        /// response (builtin:tiny unless the spec names a fixture model). The id is the
+        /// envelope's only: data (which the PNG's sdxl_request chunk records) is the same for
+        /// the same spec.</summary>
         private static string RequestJson(string requestId, Spec spec)
         {
-            return "{\"message_type\":\"inference_request\",\"request_id\":\"" + requestId + "\",\"data\":{"
-                + "\"prompt\":\"a red cube on a table\",\"negative_prompt\":\"blurry\",\"models\":{\"base\":\"builtin:tiny\"},"
+            var model = spec.Model == null ? "builtin:tiny" : Fixture(spec.Model);
+            var json = "{\"message_type\":\"inference_request\",\"request_id\":\"" + requestId + "\",\"data\":{"
+                + "\"prompt\":\"a red cube on a table\",\"negative_prompt\":\"blurry\",\"models\":{\"base\":" + Json.Write(model) + "},"
                 + "\"dimensions\":{\"width\":64,\"height\":64},"
                 + "\"hyperparameters\":{\"num_inference_steps\":" + spec.Steps.ToString(CultureInfo.InvariantCulture)
-                + ",\"seed\":" + spec.Seed.ToString(CultureInfo.InvariantCulture) + ",\"guidance_scale\":5},"
-                + "\"scheduler\":\"" + spec.Scheduler + "\",\"output\":{\"format\":\"png\",\"return_images\":true}}}";
+                + ",\"seed\":" + spec.Seed.ToString(CultureInfo.InvariantCulture) + ",\"guidance_scale\":5"
+                + (spec.Img2Img ? ",\"strength\":0.6" : "") + "},";
+            if (spec.Lora != null)
+            {
+                json += "\"lora\":{\"models\":[{\"name\":" + Json.Write(Fixture("lora", spec.Lora + ".safetensors"))
+                    + ",\"weight\":" + spec.LoraWeight.ToString("R", CultureInfo.InvariantCulture) + "}]},";
+            }
+            if (spec.Img2Img)
+            {
+                json += "\"init_image\":" + Json.Write(Fixture("esrgan", "input_48x40.png")) + ",";
+            }
+            return json + "\"scheduler\":\"" + spec.Scheduler + "\",\"output\":{\"format\":\"png\",\"return_images\":true}}}";
         }
 
         private static EnhancedSDXLResponse Parse(string responseJson, string requestId)
@@ -236,7 +289,7 @@ namespace DeviceOperations.Sdxl.Tests
         {
             var outcome = new Outcome { RequestId = requestId, Kind = kind };
             var what = requestId + " (" + kind + ", " + spec + ")";
-            var json = RequestJson(requestId, kind == Kind.Invalid ? new Spec(spec.Scheduler, spec.Seed, 0) : spec);
+            var json = RequestJson(requestId, kind == Kind.Invalid ? spec.WithSteps(0) : spec);
             try
             {
                 using (var cts = new CancellationTokenSource())
@@ -290,10 +343,12 @@ namespace DeviceOperations.Sdxl.Tests
                     }
                     else if (kind == Kind.Invalid)
                     {
+                        // 0 steps; at img2img's strength it also leaves no denoising step.
+                        var expected = spec.Img2Img ? "hyperparameters.num_inference_steps,hyperparameters.strength" : "hyperparameters.num_inference_steps";
                         var fields = string.Join(",", response.FieldErrors.Select(f => f.Field));
-                        if (response.Success || response.ErrorCode != "VALIDATION_ERROR" || fields != "hyperparameters.num_inference_steps")
+                        if (response.Success || response.ErrorCode != "VALIDATION_ERROR" || fields != expected)
                         {
-                            outcome.Problem = what + ": expected VALIDATION_ERROR on hyperparameters.num_inference_steps, got " + responseJson;
+                            outcome.Problem = what + ": expected VALIDATION_ERROR on " + expected + ", got " + responseJson;
                         }
                     }
                     else
@@ -412,7 +467,7 @@ namespace DeviceOperations.Sdxl.Tests
                 }
             });
 
-            runner.AddAsync("e2e_soak_through_an_engine_pool_loses_no_request_and_matches_one_engine", async () =>
+            runner.AddAsync("e2e_soak_of_mixed_requests_through_an_engine_pool_loses_no_request_and_matches_one_engine", async () =>
             {
                 var outputDir = NewOutputDir("soak");
                 try
@@ -422,6 +477,7 @@ namespace DeviceOperations.Sdxl.Tests
                     using (var single = SdxlEngine.Create(CpuConfig(outputDir)))
                     {
                         await single.LoadModelAsync("builtin:tiny");
+                        await single.LoadModelAsync(Fixture(TinySdxl));
                         for (var i = 0; i < SoakSpecs.Length; i++)
                         {
                             var id = "reference-" + i.ToString(CultureInfo.InvariantCulture);
@@ -430,11 +486,18 @@ namespace DeviceOperations.Sdxl.Tests
                         }
                     }
                     Assert.True(reference.Values.Select(p => Convert.ToBase64String(p)).Distinct().Count() > 1, "the specs all made the same image");
+                    // LoRA off, kohya and PEFT (one seed) and img2img: four different images.
+                    var tinySdxlSpecs = SoakSpecs.Where(spec => spec.Model == TinySdxl).ToList();
+                    Assert.Equal(4, tinySdxlSpecs.Count, "tiny-sdxl specs");
+                    Assert.Equal(4, tinySdxlSpecs.Select(spec => Convert.ToBase64String(reference[spec])).Distinct().Count(),
+                        "distinct images among " + string.Join(", ", tinySdxlSpecs));
 
                     var config = CpuConfig(outputDir);
                     using (var pool = new SdxlEnginePool(new[] { SdxlEngine.Create(config), SdxlEngine.Create(config) }))
                     {
+                        // Both models resident (max_loaded_models 2): requests switch between them.
                         await pool.LoadModelAsync("builtin:tiny");
+                        await pool.LoadModelAsync(Fixture(TinySdxl));
                         var sent = new List<string>();
                         var outcomes = new List<Outcome>();
                         var tasks = new List<Task>();

@@ -41,8 +41,14 @@ case "${1:-}" in
         need_tools
         for target in "${targets[@]}"; do
             echo "== fuzz $target for ${2:-30} s"
-            run_target "$target" "${2:-30}" 2>&1 | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)' || true
-            test "${PIPESTATUS[0]}" -eq 0 || { echo "fuzz target $target failed" >&2; exit 1; }
+            log="fuzz/artifacts/$target/smoke.log"
+            mkdir -p "fuzz/artifacts/$target"
+            if ! run_target "$target" "${2:-30}" > "$log" 2>&1; then
+                tail -60 "$log" >&2
+                echo "fuzz target $target failed: its input is in fuzz/artifacts/$target/, the whole log in $log" >&2
+                exit 1
+            fi
+            grep -E '^#[0-9]+ +DONE' "$log" || tail -3 "$log"
         done
         ;;
     pack)
