@@ -48,7 +48,7 @@ case "${1:-}" in
                 echo "fuzz target $target failed: its input is in fuzz/artifacts/$target/, the whole log in $log" >&2
                 exit 1
             fi
-            grep -E '^#[0-9]+ +DONE' "$log" || tail -3 "$log"
+            grep -E '^#[0-9]+[[:space:]]+DONE' "$log" || tail -3 "$log"
         done
         ;;
     pack)
