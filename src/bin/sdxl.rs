@@ -51,6 +51,9 @@ struct EngineArgs {
     /// Reproduce the noise of torch's non-vectorised CPU build instead of its AVX2/AVX-512 one.
     #[arg(long)]
     scalar_noise: bool,
+    /// Requests name models, VAEs, ControlNets, LoRAs and upscalers under --models-dir only, never by path.
+    #[arg(long, requires = "models_dir")]
+    models_dir_only: bool,
 }
 
 #[derive(Args)]
@@ -167,6 +170,7 @@ fn engine_config(args: &EngineArgs, output_dir: &Path) -> EngineConfig {
         models_dir: args.models_dir.clone(),
         output_dir: output_dir.to_path_buf(),
         torch_cpu_kernel: if args.scalar_noise { "scalar".into() } else { "vectorized".into() },
+        models_dir_only: args.models_dir_only,
         ..Default::default()
     };
     if let Some(min) = args.min_size {
