@@ -349,23 +349,32 @@ fn committed_header_is_what_cbindgen_generates() {
             return;
         }
     }
-    let generated = std::process::Command::new("cbindgen")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--quiet", "--config", "cbindgen.toml", "src/ffi/mod.rs"])
-        .output();
-    let output = generated.expect("cbindgen ran a moment ago");
-    assert!(output.status.success(), "cbindgen failed: {}", String::from_utf8_lossy(&output.stderr));
-    let generated = String::from_utf8(output.stdout).expect("UTF-8 header");
     let committed = std::fs::read_to_string(repo_path("include/sdxl.h")).expect("include/sdxl.h");
-    if generated != committed {
-        let first_difference = generated
-            .lines()
-            .zip(committed.lines())
-            .enumerate()
-            .find(|(_, (g, c))| g != c)
-            .map(|(i, (g, c))| format!("line {}: generated {g:?}, committed {c:?}", i + 1))
-            .unwrap_or_else(|| format!("lengths differ: generated {} lines, committed {}", generated.lines().count(), committed.lines().count()));
-        panic!("include/sdxl.h is stale ({first_difference}); regenerate: cbindgen --config cbindgen.toml --output include/sdxl.h src/ffi/mod.rs");
+    // From the ffi module (how the header is made), and over the whole crate (how a user's
+    // cbindgen run sees it): a `pub const` elsewhere in the crate must not leak into the ABI.
+    let modes: [&[&str]; 2] = [&["src/ffi/mod.rs"], &["--crate", "sdxl-native"]];
+    for mode in modes {
+        let generated = std::process::Command::new("cbindgen")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["--quiet", "--config", "cbindgen.toml"])
+            .args(mode)
+            .output();
+        let output = generated.expect("cbindgen ran a moment ago");
+        assert!(output.status.success(), "cbindgen {mode:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        let generated = String::from_utf8(output.stdout).expect("UTF-8 header");
+        if generated != committed {
+            let first_difference = generated
+                .lines()
+                .zip(committed.lines())
+                .enumerate()
+                .find(|(_, (g, c))| g != c)
+                .map(|(i, (g, c))| format!("line {}: generated {g:?}, committed {c:?}", i + 1))
+                .unwrap_or_else(|| format!("lengths differ: generated {} lines, committed {}", generated.lines().count(), committed.lines().count()));
+            panic!(
+                "include/sdxl.h differs from cbindgen {mode:?} ({first_difference}); regenerate with cbindgen --config cbindgen.toml --output include/sdxl.h src/ffi/mod.rs, \
+                 and keep constants outside src/ffi crate-private"
+            );
+        }
     }
 }
 

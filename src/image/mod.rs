@@ -63,7 +63,7 @@ pub fn load_image(field: &str, source: &str) -> Result<image::RgbImage> {
 
 /// The largest side an input image may have. A few hundred bytes of JPEG or PNG can claim
 /// any size; without a bound they would decode to gigabytes (found by fuzzing).
-pub const MAX_IMAGE_SIDE: u32 = 8192;
+pub(crate) const MAX_IMAGE_SIDE: u32 = 8192;
 
 /// Decodes to RGB, refusing before the pixels are allocated an image wider or taller than
 /// [`MAX_IMAGE_SIDE`], or one whose decoder would need more than 512 MiB.
