@@ -562,9 +562,12 @@ impl Engine {
         let models_dir = self.config.models_dir.as_deref();
         let policy = self.name_policy();
         let mut missing = Vec::new();
-        // The base's own lookup comes later (a cached name needs none); a path is refused here.
-        let base_location = loader::resolve_model(&name, models_dir).ok();
-        missing.extend(policy.check("base", &name, base_location.as_ref().and_then(|location| location.path())).err());
+        // The base's own lookup comes later (a cached name needs none); under models_dir_only
+        // a path, or a name found elsewhere, is refused here.
+        if policy.models_dir_only {
+            let base_location = loader::resolve_model(&name, models_dir).ok();
+            missing.extend(policy.check("base", &name, base_location.as_ref().and_then(|location| location.path())).err());
+        }
         match refiner.as_deref().map(|name| loader::resolve_model(name, models_dir)) {
             Some(Err(err)) => missing.push(crate::error::FieldError::new("refiner", err.to_string())),
             Some(Ok(location)) => missing.extend(policy.check("refiner", refiner.as_deref().unwrap_or_default(), location.path()).err()),

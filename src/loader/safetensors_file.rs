@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use candle_core::safetensors::Load;
 use candle_core::{Device, Tensor};
@@ -33,7 +32,7 @@ enum WeightBytes {
 pub struct SafetensorsFile {
     /// Where the bytes came from, for error messages.
     pub origin: String,
-    bytes: Arc<WeightBytes>,
+    bytes: WeightBytes,
     data_start: u64,
     /// Bytes of tensor data, as the header accounts for them (and as the file had when opened).
     data_len: u64,
@@ -83,14 +82,14 @@ impl SafetensorsFile {
     fn from_parts(bytes: WeightBytes, origin: String, data_start: u64, data_len: u64, metadata: &Metadata) -> Self {
         let tensors = metadata.tensors().into_iter().map(|(name, info)| (name, info.clone())).collect();
         let user_metadata = metadata.metadata().clone().unwrap_or_default();
-        Self { origin, bytes: Arc::new(bytes), data_start, data_len, tensors, user_metadata }
+        Self { origin, bytes, data_start, data_len, tensors, user_metadata }
     }
 
     /// A tensor's stored bytes: borrowed from memory, or read from the file (an error if the
     /// file has shrunk since it was opened).
     fn stored_bytes(&self, name: &str, info: &TensorInfo) -> Result<Cow<'_, [u8]>> {
         let (start, end) = info.data_offsets;
-        match self.bytes.as_ref() {
+        match &self.bytes {
             WeightBytes::Owned(bytes) => {
                 let range = self.data_start as usize + start..self.data_start as usize + end;
                 bytes.get(range).map(Cow::Borrowed).ok_or_else(|| Error::ModelLoad(format!("{}: tensor {name} lies outside the file", self.origin)))
