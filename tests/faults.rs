@@ -73,31 +73,40 @@ fn model_files_deleted_or_rewritten_after_loading_leave_the_cached_model_serving
 
 #[test]
 fn a_cancel_during_a_model_load_lets_the_load_finish_and_ends_the_request_cancelled() {
+    let _sink = log_sink_lock();
     let scratch = tempfile::tempdir().unwrap();
     let engine = Arc::new(engine(scratch.path()));
     let model = json!(common::fixtures().join("tiny-sdxl"));
+    // The engine logs "loading model" on the request's thread as the load starts: the cancel is
+    // sent from there, so it lands while the model loads, never before or after.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (canceller, flag) = (engine.clone(), cancelled.clone());
+    // This test's request runs on this thread; other tests' loads log too.
+    let this_thread = std::thread::current().id();
+    sdxl::engine::logging::set_sink(
+        Some(Box::new(move |_level, _target, message| {
+            if message.contains("loading model") && std::thread::current().id() == this_thread {
+                flag.store(canceller.cancel_request("cancel-during-load"), Ordering::SeqCst);
+            }
+        })),
+        2,
+    );
     let text = request(&model, "cancel-during-load", json!({"hyperparameters": {"num_inference_steps": 50}}));
-    let runner = {
-        let engine = engine.clone();
-        std::thread::spawn(move || respond(&engine, &text))
-    };
-    // Aim the cancel as early as the request is known: while its names resolve or its model loads.
-    let mut cancelled = false;
-    for _ in 0..100_000 {
-        if engine.cancel_request("cancel-during-load") {
-            cancelled = true;
-            break;
-        }
-        std::thread::yield_now();
-    }
-    let response = runner.join().expect("the request thread never panics");
-    assert!(cancelled, "the request was never seen running: {response}");
+    let response = respond(&engine, &text);
+    sdxl::engine::logging::set_sink(None, 0);
+    assert!(cancelled.load(Ordering::SeqCst), "the cancel found no running request: {response}");
     assert_eq!(response["error_code"], "CANCELLED", "{response}");
     // The load that had started completed: the model is cached and serves the next request.
     let status: Value = serde_json::from_str(&engine.handle_json(r#"{"message_type":"status_request"}"#)).unwrap();
     let loaded = status["data"]["loaded_models"].to_string();
     assert!(loaded.contains("tiny-sdxl"), "{loaded}");
     assert_eq!(respond(&engine, &request(&model, "next", json!({})))["success"], true);
+}
+
+/// The log sink is the process's: tests that set one take turns.
+fn log_sink_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOG_SINK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOG_SINK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[test]
@@ -123,6 +132,7 @@ fn a_panicking_progress_callback_stops_its_request_with_internal_error_and_nothi
 
 #[test]
 fn a_panicking_log_sink_loses_its_line_and_the_request_succeeds() {
+    let _sink = log_sink_lock();
     let scratch = tempfile::tempdir().unwrap();
     let engine = engine(scratch.path());
     let lines = Arc::new(AtomicUsize::new(0));
